@@ -12,6 +12,9 @@
   foreground is then 4-connected and the background 8-connected, so a ring closed only through a diagonal
   contact has 0 holes, and a background region counts as a hole only if it does not touch the image
   border (the outside of the image is background). Holes do not depend on ``connectivity``.
+  By Alexander duality that count equals the number of 8-connected background regions that do not touch the
+  border, which is what `count_holes` computes with one labelling pass (several times cheaper than a
+  persistence call); the tests check it against the reference's cripser definition.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import numpy as np
 from scipy import ndimage
 
 from raytopo.errors import ConfigError, InputError
-from raytopo.topology.cubical import cubical_persistence
 
 UINT8_THRESHOLD = 128
 UNIT_RANGE_THRESHOLD = 0.5
@@ -53,14 +55,23 @@ def betti_numbers(mask: np.ndarray, connectivity: int = 4, threshold: float | No
     if connectivity not in _STRUCTURES:
         raise ConfigError(f"connectivity: expected one of 4, 8, got {connectivity!r}")
     foreground = binarise(mask, threshold)
-    _, components = ndimage.label(foreground, structure=_STRUCTURES[connectivity])
-    return Betti(components=int(components), holes=count_holes(foreground))
+    return Betti(components=count_components(foreground, connectivity), holes=count_holes(foreground))
+
+
+def count_components(foreground: np.ndarray, connectivity: int = 4) -> int:
+    """Connected components of a 2-D bool mask under 4- or 8-connectivity."""
+    return int(ndimage.label(foreground, structure=_STRUCTURES[connectivity])[1])
 
 
 def count_holes(foreground: np.ndarray) -> int:
-    """Holes of a 2-D bool mask: dim-1 points with persistence > 0 of vertex sublevel PH of ``1 - mask``."""
-    diagrams = cubical_persistence(1.0 - foreground.astype(np.float64), maxdim=1, construction="vertex")
-    return int(np.count_nonzero(diagrams[1].persistence > 0))
+    """Holes of a 2-D bool mask: background regions (8-connected) that do not touch the image border.
+
+    Equal to the dim-1 points with persistence > 0 of the vertex-construction sublevel persistence of
+    ``1 - mask`` (the reference's definition). Padding with background joins every border-touching region
+    into the outside, so holes = labels - 1.
+    """
+    background = np.pad(~foreground.astype(bool), 1, constant_values=True)
+    return int(ndimage.label(background, structure=_STRUCTURES[8])[1]) - 1
 
 
 def binarise(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
