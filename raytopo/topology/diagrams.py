@@ -23,12 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.ascontiguousarray(array, dtype=dtype)
-    if out.base is not None or out is array:
-        out = out.copy()
-    out.setflags(write=False)
-    return out
+def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
+    """A read-only view (a copy only when the dtype or layout must change): writes through a Diagram fail."""
+    view = np.ascontiguousarray(array, dtype=dtype).view()
+    view.setflags(write=False)
+    return view
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,10 +41,10 @@ class Diagram:
     death_cells: np.ndarray
 
     def __post_init__(self) -> None:
-        births = _frozen(self.births, np.float64).reshape(-1)
-        deaths = _frozen(self.deaths, np.float64).reshape(-1)
-        birth_cells = _frozen(self.birth_cells, np.int64)
-        death_cells = _frozen(self.death_cells, np.int64)
+        births = _read_only(self.births, np.float64).reshape(-1)
+        deaths = _read_only(self.deaths, np.float64).reshape(-1)
+        birth_cells = _read_only(self.birth_cells, np.int64)
+        death_cells = _read_only(self.death_cells, np.int64)
         n = births.shape[0]
         if deaths.shape[0] != n or birth_cells.shape[:1] != (n,) or death_cells.shape[:1] != (n,):
             raise ValueError(
