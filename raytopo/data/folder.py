@@ -1,0 +1,194 @@
+"""Image folders labelled by file name, and the one image-preprocessing implementation of raytopo.
+
+Preprocessing (improved-diffusion's ``ImageDataset``, as TDN uses it; shared with ``parquet.decode_rows``):
+
+1. decode with PIL and convert to ``"L"`` (``channels=1``) or ``"RGB"`` (``channels=3``). Converting
+   *first* (upstream converts after resizing) makes every mode work: palette and 1-bit images are then
+   resized with the same filters as the rest instead of PIL's forced nearest-neighbour;
+2. BOX-halve while the short side is >= ``2 * image_size``;
+3. bicubic resize so the short side is ``image_size`` (long side ``round(side * scale)``; an image already
+   at ``image_size`` is unchanged);
+4. centre crop to ``image_size x image_size`` (offsets ``(side - image_size) // 2``);
+5. ``float32`` ``x / 127.5 - 1`` in ``[-1, 1]``, shape ``[C, H, W]``.
+
+No Ray here: :class:`ImageFolderDataset` is a plain ``torch.utils.data.Dataset``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from raytopo.data.labels import Label, LabelConvention, as_convention, object_index_map, parse_label
+from raytopo.errors import ConfigError, InputError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+_MODES = {1: "L", 3: "RGB"}
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The image files of a folder (sorted), their parsed labels, and the object-name index map."""
+
+    root: Path
+    convention: LabelConvention
+    files: tuple[Path, ...]
+    labels: tuple[Label, ...]
+    object_index: dict[str, int]
+
+
+def scan_folder(
+    root: str | Path,
+    convention: LabelConvention | str,
+    recursive: bool = True,
+    object_index: Mapping[str, int] | None = None,
+) -> FolderIndex:
+    """List the images under ``root`` and parse every label up front.
+
+    Args:
+        root: folder of images.
+        convention: file-name label convention.
+        recursive: also list sub-folders.
+        object_index: a fixed name -> index map (e.g. the training set's, for a validation folder);
+            default: :func:`~raytopo.data.labels.object_index_map` of the names found here.
+
+    Raises:
+        InputError: missing or empty folder, a file name that does not fit the convention, or an object
+            name missing from ``object_index``.
+    """
+    convention = as_convention(convention)
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: expected a folder of images, found no such directory")
+    pattern = "**/*" if recursive else "*"
+    files = tuple(sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+    if not files:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise InputError(f"{root}: expected image files ({extensions}), found none")
+    labels = tuple(parse_label(p, convention) for p in files)
+    return FolderIndex(root, convention, files, labels, _object_index(files, labels, convention, object_index))
+
+
+def decode_image(data: bytes, image_size: int, channels: int, name: str) -> np.ndarray:
+    """Decode encoded image bytes and preprocess them (module docstring): float32 ``[C, S, S]`` in [-1, 1].
+
+    Raises:
+        InputError: the bytes are not a readable image (message names ``name``).
+    """
+    return preprocess_image(open_image(data, name), image_size, channels)
+
+
+def open_image(data: bytes, name: str) -> Image.Image:
+    """A fully loaded PIL image from encoded bytes; InputError naming ``name`` if it cannot be decoded."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except _DECODE_ERRORS as error:
+        raise InputError(f"{name}: expected a readable image file, could not decode it ({error})") from None
+    if min(image.size) < 1:
+        raise InputError(f"{name}: expected a non-empty image, got size {image.size}")
+    return image
+
+
+def preprocess_image(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
+    """Convert, BOX-halve, bicubic-resize, centre-crop and scale to [-1, 1]: float32 ``[C, S, S]``."""
+    _check_image_args(image_size, channels)
+    image = image.convert(_MODES[channels])
+    while min(image.size) >= 2 * image_size:
+        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.Resampling.BOX)
+    scale = image_size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.Resampling.BICUBIC)
+    pixels = np.asarray(image)
+    top, left = (pixels.shape[0] - image_size) // 2, (pixels.shape[1] - image_size) // 2
+    pixels = pixels[top : top + image_size, left : left + image_size]
+    pixels = pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1)
+    return pixels.astype(np.float32) / 127.5 - 1
+
+
+class ImageFolderDataset(Dataset):
+    """Images of a folder labelled by their file names (TDN conventions), preprocessed as improved-diffusion.
+
+    Every label is parsed at construction, so a bad name fails immediately, naming the file. Items are
+    dicts: ``image`` float32 ``[C, S, S]`` in [-1, 1], ``counts`` float32 ``[k]`` (k = 1, or 2 for
+    ``two_counts``) and, for ``count_object`` only, ``object`` int64 scalar (index in ``object_index``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        convention: LabelConvention | str,
+        image_size: int,
+        channels: int = 1,
+        recursive: bool = True,
+        object_index: Mapping[str, int] | None = None,
+    ) -> None:
+        _check_image_args(image_size, channels)
+        self.index = scan_folder(root, convention, recursive, object_index)
+        self.image_size = image_size
+        self.channels = channels
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The image files, sorted."""
+        return self.index.files
+
+    @property
+    def labels(self) -> tuple[Label, ...]:
+        """The parsed labels, aligned with :attr:`files`."""
+        return self.index.labels
+
+    @property
+    def object_index(self) -> dict[str, int]:
+        """Object name -> index (empty unless the convention is ``count_object``); store it with checkpoints."""
+        return dict(self.index.object_index)
+
+    def __len__(self) -> int:
+        return len(self.index.files)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        path, label = self.index.files[i], self.index.labels[i]
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
+        item = {
+            "image": torch.from_numpy(decode_image(data, self.image_size, self.channels, str(path))),
+            "counts": torch.tensor(label.counts, dtype=torch.float32),
+        }
+        if label.object_name is not None:
+            item["object"] = torch.tensor(self.index.object_index[label.object_name], dtype=torch.int64)
+        return item
+
+
+def _object_index(
+    files: tuple[Path, ...],
+    labels: tuple[Label, ...],
+    convention: LabelConvention,
+    given: Mapping[str, int] | None,
+) -> dict[str, int]:
+    if convention is not LabelConvention.COUNT_OBJECT:
+        return {}
+    if given is None:
+        return object_index_map(label.object_name for label in labels)
+    for path, label in zip(files, labels):
+        if label.object_name not in given:
+            known = ", ".join(sorted(given))
+            raise InputError(
+                f"{path}: expected an object name in the given object index ({known}), got {label.object_name!r}"
+            )
+    return dict(given)
+
+
+def _check_image_args(image_size: int, channels: int) -> None:
+    if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) or image_size < 1:
+        raise ConfigError(f"image_size: expected an int >= 1, got {image_size!r}")
+    if channels not in _MODES:
+        raise ConfigError(f"channels: expected 1 or 3, got {channels!r}")
