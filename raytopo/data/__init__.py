@@ -6,7 +6,7 @@ Everything here but :func:`read_parquet_dataset` is Ray-free (numpy, PIL, torch,
 from raytopo.data.folder import FolderIndex, ImageFolderDataset, decode_image, preprocess_image, scan_folder
 from raytopo.data.labels import Label, LabelConvention, as_convention, object_index_map, parse_label
 from raytopo.data.parquet import PackInfo, decode_rows, pack_folder, read_pack_info, read_parquet_dataset
-from raytopo.data.shapes import SHAPE_KINDS, ShapesConfig, generate_shape_mask, write_shapes_dataset
+from raytopo.data.shapes import SHAPE_KINDS, ShapesConfig, generate_shape_mask, shape_example, write_shapes_dataset
 
 __all__ = [
     "SHAPE_KINDS",
@@ -27,5 +27,6 @@ __all__ = [
     "read_pack_info",
     "read_parquet_dataset",
     "scan_folder",
+    "shape_example",
     "write_shapes_dataset",
 ]

@@ -184,11 +184,19 @@ def write_shapes_dataset(config: ShapesConfig, n: int, out_dir: str | Path) -> l
     return [out / name for name in names]
 
 
-def _write_image(config: ShapesConfig, index: int, width: int, directory: Path) -> str:
-    """Generate image ``index`` of the dataset into ``directory``; return its file name."""
+def shape_example(config: ShapesConfig, index: int) -> tuple[np.ndarray, tuple[int, ...], str | None]:
+    """Image ``index`` of the dataset ``config`` describes: (uint8 mask, counts, object kind or None).
+
+    Deterministic in (seed, index) alone, so in-memory training data equals the files written for it.
+    """
     rng = np.random.default_rng((config.seed, index))
     counts, kind = sample_label(config, rng)
-    mask = generate_shape_mask(counts, rng, config.size, config.dim, kind, config.gap, config.width)
+    return generate_shape_mask(counts, rng, config.size, config.dim, kind, config.gap, config.width), counts, kind
+
+
+def _write_image(config: ShapesConfig, index: int, width: int, directory: Path) -> str:
+    """Generate image ``index`` of the dataset into ``directory``; return its file name."""
+    mask, counts, kind = shape_example(config, index)
     name = shape_file_name(counts, kind, index, width)
     Image.fromarray(mask).save(directory / name, format="PNG")
     return name

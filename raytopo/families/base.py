@@ -1,0 +1,66 @@
+"""The Family contract every model family implements (DESIGN.md section 4).
+
+A family is a small object registered by a stable short name. The trainer only ever talks to it through:
+
+* ``config_type``: the dataclass of the family's model settings (its ``model:`` section in a run config);
+* ``build(run) -> nn.Module``;
+* ``losses(model, batch, ctx) -> dict[str, Tensor | Pending]``: *per-sample* loss terms ``[B]``. The trainer
+  multiplies them by ``run.loss_weights`` (and importance weights), reduces, logs each term and backpropagates.
+  A term may be `Pending`: work still running elsewhere (for TDN, persistence diagrams on Ray actors). The
+  trainer resolves pending terms as late as possible, so that other micro-batches' forward and backward passes
+  overlap with that work;
+* ``sample(model, run, n, cond, sampler) -> Tensor``: images in [-1, 1] (``run``: the RunConfig it was trained with);
+* ``evaluate(samples, cond) -> dict[str, float]``.
+
+Adding a family never requires touching the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+
+
+class Pending:
+    """A loss term whose value is still being computed; ``result()`` blocks and returns the ``[B]`` tensor."""
+
+    def __init__(self, resolve: Callable[[], torch.Tensor]) -> None:
+        self._resolve = resolve
+        self._value: torch.Tensor | None = None
+
+    def result(self) -> torch.Tensor:
+        if self._value is None:
+            self._value = self._resolve()
+        return self._value
+
+
+def resolve_terms(terms: Mapping[str, "torch.Tensor | Pending"]) -> dict[str, torch.Tensor]:
+    """Every term as a tensor (blocking on pending ones)."""
+    return {name: term.result() if isinstance(term, Pending) else term for name, term in terms.items()}
+
+
+@dataclass
+class StepContext:
+    """What a family's `losses` may use besides the model and batch."""
+
+    step: int
+    device: torch.device
+    pool: Any = None                      # a raytopo.parallel.PersistencePool (in-process if Ray is absent)
+    generator: torch.Generator | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Family(Protocol):
+    name: str
+    config_type: type
+
+    def build(self, run: Any) -> torch.nn.Module: ...
+
+    def losses(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict: ...
+
+    def sample(self, model: torch.nn.Module, run: Any, n: int, cond: Mapping[str, torch.Tensor],
+               sampler: Any) -> torch.Tensor: ...
+
+    def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> dict[str, float]: ...

@@ -1,0 +1,42 @@
+"""Family name -> Family object. Adding a family means registering it here, never touching the trainer."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from raytopo.errors import ConfigError
+
+_FACTORIES: dict[str, Callable[[], Any]] = {}
+_INSTANCES: dict[str, Any] = {}
+
+
+def register(name: str, factory: Callable[[], Any]) -> None:
+    """Register a family factory under a stable short name (called lazily, on first use)."""
+    _FACTORIES[name] = factory
+
+
+def family_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_family(name: str) -> Any:
+    """The family registered as ``name``; an unknown name raises ConfigError listing the known ones."""
+    if name not in _FACTORIES:
+        raise ConfigError(f"family: unknown family {name!r}; expected one of {', '.join(family_names())}")
+    if name not in _INSTANCES:
+        _INSTANCES[name] = _FACTORIES[name]()
+    return _INSTANCES[name]
+
+
+def _tdn(name: str, conditioned: bool, topology: bool) -> Callable[[], Any]:
+    def factory() -> Any:
+        from raytopo.families.tdn import TDNFamily
+
+        return TDNFamily(name, conditioned=conditioned, topology=topology)
+
+    return factory
+
+
+register("adm", _tdn("adm", conditioned=False, topology=False))
+register("adm_t", _tdn("adm_t", conditioned=True, topology=False))
+register("tdn", _tdn("tdn", conditioned=True, topology=True))

@@ -1,0 +1,108 @@
+"""Checkpoint directories (DESIGN.md section 4).
+
+A checkpoint is a directory holding::
+
+    model.pt       model state dict
+    ema.pt         EMA state dict (the weights to sample from)
+    optimizer.pt   optimizer state dict
+    state.json     {"step": completed optimisation steps, "family": ...}
+    config.json    the full run config, enough to rebuild the model and resume without repeating flags
+
+It is written to a temporary sibling and renamed into place, so a crash never leaves a half-written
+checkpoint under the final name. Loading uses ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raytopo.errors import InputError
+
+_FILES = ("model.pt", "ema.pt", "state.json", "config.json")
+
+
+@dataclass
+class CheckpointData:
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    step: int
+    family: str
+    config: dict[str, Any]
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, ema: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None, step: int, config: dict[str, Any]) -> Path:
+    """Write a checkpoint directory atomically (temporary sibling + rename) and return its path."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        torch.save(_plain_state(model), staging / "model.pt")
+        torch.save(_plain_state(ema), staging / "ema.pt")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        (staging / "state.json").write_text(json.dumps({"step": int(step), "family": config.get("family")}))
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> CheckpointData:
+    """Read a checkpoint directory; a missing or incomplete one raises InputError naming what is missing."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such checkpoint directory")
+    missing = [name for name in _FILES if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"{path}: not a raytopo checkpoint (missing {', '.join(missing)})")
+    state = json.loads((path / "state.json").read_text())
+    optimizer = None
+    if with_optimizer and (path / "optimizer.pt").is_file():
+        optimizer = _load(path / "optimizer.pt")
+    return CheckpointData(
+        model=_load(path / "model.pt"),
+        ema=_load(path / "ema.pt"),
+        optimizer=optimizer,
+        step=int(state["step"]),
+        family=str(state.get("family")),
+        config=json.loads((path / "config.json").read_text()),
+    )
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, or a pickle that is not plain tensors
+        raise InputError(f"{path}: unreadable checkpoint file ({error.__class__.__name__})") from None
+
+
+def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU state dict without DDP's ``module.`` prefix."""
+    inner = module.module if hasattr(module, "module") and isinstance(module.module, torch.nn.Module) else module
+    return {key: value.detach().cpu() for key, value in inner.state_dict().items()}
+
+
+def find_latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest checkpoint directory under a run directory (Ray's ``checkpoint_*`` folders), or None."""
+    candidates = [p.parent for p in Path(root).glob("**/state.json") if not p.parent.name.startswith(".")]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: json.loads((p / "state.json").read_text())["step"])

@@ -1,0 +1,142 @@
+"""The run config: what `raytopo train CONFIG.yaml` reads. Family-independent sections plus ``model``.
+
+```yaml
+family: tdn                  # registry name: adm | adm_t | tdn | ...
+model: {...}                 # the family's own settings, validated by the family (e.g. unet/diffusion/topo)
+data: {source: shapes, image_size: 32, ...}
+train: {steps: 2000, batch_size: 16, lr: 2.0e-5, ...}
+ray: {num_workers: 2, use_gpu: false, ...}
+init_from: null              # a checkpoint to start from (staged fine-tuning: adm -> adm_t -> tdn)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from raytopo.config import apply_overrides, from_dict, load_yaml, to_dict
+from raytopo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images come from. ``shapes`` generates them in memory (no files needed)."""
+
+    source: Literal["shapes", "folder", "parquet"] = "shapes"
+    path: str | None = None
+    convention: Literal["count", "two_counts", "count_object"] = "count"
+    image_size: int = 32
+    channels: int = 1
+    shapes_dim: Literal["0", "1", "both"] = "0"
+    num_images: int = 1024
+    min_count: int = 1
+    max_count: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source != "shapes" and not self.path:
+            raise ConfigError(f"data.path: required for source {self.source!r} (a folder or parquet directory)")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels: expected 1 or 3, got {self.channels}")
+        if self.image_size < 8:
+            raise ConfigError(f"data.image_size: expected >= 8, got {self.image_size}")
+        if not 0 <= self.min_count <= self.max_count:
+            raise ConfigError(
+                f"data.min_count/max_count: expected 0 <= min_count <= max_count, got {self.min_count}, {self.max_count}"
+            )
+        if self.num_images < 1:
+            raise ConfigError(f"data.num_images: expected >= 1, got {self.num_images}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping. ``batch_size`` is per worker."""
+
+    steps: int = 2000
+    batch_size: int = 16
+    microbatches: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_rate: float = 0.9999
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    sample_every: int = 0
+    sample_steps: int = 25
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "microbatches", "log_every", "checkpoint_every", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.microbatches:
+            raise ConfigError(
+                f"train.microbatches: expected a divisor of batch_size ({self.batch_size}), got {self.microbatches}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+        if not 0 <= self.ema_rate < 1:
+            raise ConfigError(f"train.ema_rate: expected in [0, 1), got {self.ema_rate}")
+        if self.sample_every < 0:
+            raise ConfigError(f"train.sample_every: expected >= 0 (0 = never), got {self.sample_every}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the run is spread over a Ray cluster; nothing here hard-codes node counts."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    persistence_actors: int = 2
+    cpus_per_actor: float = 1.0
+    actor_resources: dict[str, float] = field(default_factory=dict)
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    storage_path: str = "runs"
+    name: str = "run"
+    max_failures: int = 0
+    num_to_keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"ray.num_workers: expected >= 0 (0 = run the loop in-process), got {self.num_workers}")
+        if self.persistence_actors < 0:
+            raise ConfigError(f"ray.persistence_actors: expected >= 0, got {self.persistence_actors}")
+        if not self.cpus_per_worker > 0 or not self.cpus_per_actor > 0:
+            raise ConfigError("ray.cpus_per_worker/cpus_per_actor: expected > 0")
+        if self.num_to_keep < 1:
+            raise ConfigError(f"ray.num_to_keep: expected >= 1, got {self.num_to_keep}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    family: str = "tdn"
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    init_from: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.ray.storage_path).expanduser().resolve() / self.ray.name
+
+    def to_plain(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def parse_run_config(data: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig, the family's ``model`` section included (fails before any worker starts)."""
+    from raytopo.registry import get_family
+
+    run = from_dict(RunConfig, data)
+    family = get_family(run.family)
+    family.parse(run)  # validates the model section; raises ConfigError naming the field
+    return run
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``--set key=value`` overrides, validate."""
+    return parse_run_config(apply_overrides(load_yaml(path), overrides))

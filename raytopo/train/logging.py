@@ -1,0 +1,95 @@
+"""Run logging on rank 0: TensorBoard scalars/images/figures and a one-line terminal progress display."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+
+class RunLogger:
+    """TensorBoard writer plus a progress line with step, losses, throughput and ETA (rank 0 only)."""
+
+    def __init__(self, log_dir: Path, total_steps: int, start_step: int, images_per_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.images_per_step = images_per_step
+        self._last_time = time.perf_counter()
+        self._last_step = start_step
+        self._start_time = self._last_time
+        self._start_step = start_step
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, step: int, metrics: Mapping[str, float], lr: float) -> dict[str, float]:
+        """Log losses, learning rate and throughput; print the progress line. Returns the logged values."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        rate = (step - self._last_step) * self.images_per_step / elapsed
+        self._last_time, self._last_step = now, step
+        values = {**metrics, "lr": lr, "images_per_second": rate}
+        if not self.enabled:
+            return values
+        for name, value in values.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
+        self.writer.flush()
+        print(self._progress_line(step, metrics, now), flush=True)
+        return values
+
+    def _progress_line(self, step: int, metrics: Mapping[str, float], now: float) -> str:
+        done = step - self._start_step
+        per_step = (now - self._start_time) / max(done, 1)
+        eta = per_step * (self.total_steps - step)
+        terms = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "grad_norm")
+        return f"[raytopo] step {step}/{self.total_steps}  {terms}  ETA {_duration(eta)}"
+
+    def samples(self, step: int, images: torch.Tensor, counts: torch.Tensor | None) -> None:
+        """A grid of samples (in [-1, 1]) titled with their target counts, and one persistence diagram."""
+        if not self.enabled:
+            return
+        grid = image_grid(images)
+        tag = "samples" if counts is None else "samples/counts " + ",".join(
+            str(int(c)) for c in counts.reshape(len(counts), -1)[:, 0].tolist())
+        self.writer.add_image(tag, grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        self.writer.add_figure("persistence_diagram", _diagram_figure(images[0]), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
+    """[N, C, H, W] in [-1, 1] -> one uint8 grid image (HW for 1 channel, HWC for 3) with 1-px gaps."""
+    array = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    n, channels, height, width = array.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.full((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), 128, dtype=np.uint8)
+    for index in range(n):
+        r, c = divmod(index, columns)
+        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
+        grid[top:top + height, left:left + width] = array[index].transpose(1, 2, 0)
+    return grid[..., 0] if channels == 1 else grid
+
+
+def _diagram_figure(image: torch.Tensor):
+    from raytopo.eval.plots import diagram_figure
+    from raytopo.topology.cubical import cubical_persistence
+
+    diagrams = cubical_persistence(image[0].detach().float().cpu().numpy(), maxdim=1, filtration="superlevel")
+    return diagram_figure(diagrams, title="first sample (superlevel)")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

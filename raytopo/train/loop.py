@@ -1,0 +1,179 @@
+"""The Ray Train worker loop (``train_loop_per_worker``): the same code for every family.
+
+Each worker builds the family's model, restores the latest reported checkpoint if Ray restarted it (or the
+``resume_from`` directory), runs `train_step` until ``train.steps``, and calls ``ray.train.report`` on every
+rank at the same cadence; only rank 0 writes checkpoint directories. Steps are counted as completed
+optimisation steps, so a resumed run continues at exactly the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raytopo.families.base import StepContext
+from raytopo.registry import get_family
+from raytopo.train.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
+from raytopo.train.config import RunConfig, parse_run_config
+from raytopo.train.data import batch_iterator
+from raytopo.train.ema import make_ema, update_ema
+from raytopo.train.logging import RunLogger
+from raytopo.train.step import broadcast_parameters, train_step
+
+log = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
+    """Entry point for ``TorchTrainer(train_loop_per_worker, train_loop_config=run.to_plain())``."""
+    import ray.train
+    import ray.train.torch
+
+    run = parse_run_config({k: v for k, v in plain_config.items() if k != "resume_from"})
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    family = get_family(run.family)
+
+    torch.manual_seed(run.train.seed)
+    model = family.build(run).to(device)
+    if run.init_from:
+        initialise_from(model, run.init_from)
+    ema = make_ema(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+    start = restore(_checkpoint_to_resume(plain_config), model, ema, optimizer)
+    model = ray.train.torch.prepare_model(model, parallel_strategy=None)
+    broadcast_parameters(model)
+
+    pool = _make_pool(run) if _needs_pool(family, run) else None
+    ctx = StepContext(step=start, device=device, pool=pool,
+                      generator=torch.Generator(device=device).manual_seed(run.train.seed * 1000 + rank + start),
+                      extras=family.setup(run))
+    weights = family.loss_weights(run)
+    batches = batch_iterator(run.data, run.train.batch_size, rank, world, run.train.seed, start, device)
+    logger = RunLogger(run.run_dir / "tensorboard", run.train.steps, start,
+                       run.train.batch_size * world, enabled=rank == 0)
+    try:
+        for step in range(start, run.train.steps):
+            ctx.step = step
+            metrics = train_step(model, family, next(batches), ctx, weights, optimizer,
+                                 run.train.microbatches, run.train.grad_clip)
+            update_ema(ema, model, run.train.ema_rate)
+            done = step + 1
+            _maybe_sample(family, ema, run, logger, done)
+            if done % run.train.log_every == 0 or done % run.train.checkpoint_every == 0 or done == run.train.steps:
+                values = logger.scalars(done, metrics, optimizer.param_groups[0]["lr"])
+                checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
+                _report({**values, "step": done}, model, ema, optimizer, run, rank, checkpoint_due)
+    finally:
+        logger.close()
+        if pool is not None:
+            pool.close()
+
+
+def initialise_from(model: torch.nn.Module, path: str) -> None:
+    """Staged fine-tuning (adm -> adm_t -> tdn): load EMA weights non-strictly, log the new layers."""
+    from raytopo.models.adm.checkpoint import load_weights
+
+    source = Path(path)
+    weights = load_checkpoint(source, with_optimizer=False).ema if source.is_dir() else _read_weights(source)
+    report = load_weights(model, weights, strict=False)
+    if report.missing:
+        log.info("init_from %s: new layers kept at initialisation: %s", path, ", ".join(report.missing))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from raytopo.models.adm.checkpoint import read_state_dict
+
+    return read_state_dict(path)
+
+
+def restore(checkpoint: CheckpointData | None, model: torch.nn.Module, ema: torch.nn.Module,
+            optimizer: torch.optim.Optimizer) -> int:
+    """Load a full training state; returns the number of completed steps (0 without a checkpoint)."""
+    if checkpoint is None:
+        return 0
+    model.load_state_dict(checkpoint.model)
+    ema.load_state_dict(checkpoint.ema)
+    if checkpoint.optimizer is not None:
+        optimizer.load_state_dict(checkpoint.optimizer)
+    return checkpoint.step
+
+
+def _checkpoint_to_resume(plain_config: dict[str, Any]) -> CheckpointData | None:
+    """Ray's latest reported checkpoint (after a worker restart), else an explicit ``resume_from``."""
+    import ray.train
+
+    reported = ray.train.get_checkpoint()
+    if reported is not None:
+        with reported.as_directory() as directory:
+            return load_checkpoint(directory)
+    resume_from = plain_config.get("resume_from")
+    return load_checkpoint(resume_from) if resume_from else None
+
+
+def _report(metrics: dict[str, float], model, ema, optimizer, run: RunConfig, rank: int, with_checkpoint: bool) -> None:
+    """Report on every rank; rank 0 attaches a checkpoint when one is due.
+
+    Ray Train copies a reported checkpoint into its storage, so rank 0 writes it to a temporary directory.
+    In local mode (``ray.num_workers: 0``) Ray keeps no copy, so the checkpoint is written straight into
+    ``<run_dir>/checkpoints`` and the newest ``ray.num_to_keep`` are kept.
+    """
+    import ray.train
+
+    if not (with_checkpoint and rank == 0):
+        ray.train.report(metrics)
+        return
+    step = int(metrics["step"])
+    if run.ray.num_workers == 0:
+        directory = save_checkpoint(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}", model, ema, optimizer,
+                                    step, run.to_plain())
+        _prune_checkpoints(directory.parent, run.ray.num_to_keep)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+        return
+    staging = Path(tempfile.mkdtemp(prefix="raytopo-ckpt-"))
+    try:
+        directory = save_checkpoint(staging / "checkpoint", model, ema, optimizer, step, run.to_plain())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prune_checkpoints(folder: Path, keep: int) -> None:
+    for old in sorted(folder.glob("checkpoint_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _maybe_sample(family, ema, run: RunConfig, logger: RunLogger, done: int) -> None:
+    every = run.train.sample_every
+    if not logger.enabled or not every or done % every:
+        return
+    from raytopo.families.sampling import SamplerSettings
+
+    counts = sample_counts(run, per_count=2)
+    images = family.sample(ema, run, len(counts["counts"]), counts, SamplerSettings(steps=run.train.sample_steps))
+    logger.samples(done, images, counts.get("counts"))
+
+
+def sample_counts(run: RunConfig, per_count: int) -> dict[str, torch.Tensor]:
+    """Target counts min..max (each ``per_count`` times) in the shape the family's data uses."""
+    values = torch.arange(run.data.min_count, run.data.max_count + 1, dtype=torch.float32)
+    counts = values.repeat_interleave(per_count)
+    if run.data.convention == "two_counts":
+        return {"counts": torch.stack([counts, torch.minimum(counts, torch.ones_like(counts))], dim=1)}
+    return {"counts": counts[:, None]}
+
+
+def _needs_pool(family, run: RunConfig) -> bool:
+    return bool(getattr(family, "needs_pool", lambda _: False)(run))
+
+
+def _make_pool(run: RunConfig):
+    from raytopo.parallel.pool import PersistencePool, PoolConfig
+
+    return PersistencePool(PoolConfig(num_actors=run.ray.persistence_actors, cpus_per_actor=run.ray.cpus_per_actor,
+                                      resources=dict(run.ray.actor_resources)))

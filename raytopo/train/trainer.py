@@ -1,0 +1,101 @@
+"""The driver side of training: a validated RunConfig -> a Ray Train ``TorchTrainer`` -> a result.
+
+`run_training` attaches to ``address`` (or ``RAY_ADDRESS``) if given, else starts a local Ray cluster, the
+embedded default. Nothing hard-codes node counts or GPUs: the ``ray:`` section of the config does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raytopo.errors import ConfigError
+from raytopo.train.checkpoint import find_latest_checkpoint
+from raytopo.train.config import RunConfig
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    checkpoint: Path | None
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+def build_trainer(run: RunConfig, resume_from: Path | None = None):
+    """A ``TorchTrainer`` for ``run`` (Train V2 API)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raytopo.train.data import ray_dataset
+    from raytopo.train.loop import train_loop_per_worker
+
+    resources = {"CPU": run.ray.cpus_per_worker, **run.ray.worker_resources}
+    scaling = ray.train.ScalingConfig(num_workers=run.ray.num_workers, use_gpu=run.ray.use_gpu,
+                                      resources_per_worker=resources if run.ray.num_workers else None)
+    run_config = ray.train.RunConfig(
+        name=run.ray.name,
+        storage_path=str(Path(run.ray.storage_path).expanduser().resolve()),
+        failure_config=ray.train.FailureConfig(max_failures=run.ray.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.ray.num_to_keep),
+    )
+    loop_config = {**run.to_plain(), "resume_from": str(resume_from) if resume_from else None}
+    datasets = {"train": ray_dataset(run.data)} if run.data.source == "parquet" else None
+    return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
+                        run_config=run_config, datasets=datasets)
+
+
+def run_training(run: RunConfig, address: str | None = None, resume: bool = False) -> TrainingOutcome:
+    """Train ``run`` on Ray; with ``resume`` continue from the newest checkpoint under the run directory."""
+    started_here = ensure_ray(address)
+    check_capacity(run, strict=started_here)
+    resume_from = find_latest_checkpoint(run.run_dir) if resume else None
+    result = build_trainer(run, resume_from).fit()
+    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    return TrainingOutcome(checkpoint=checkpoint, metrics=dict(result.metrics or {}), run_dir=run.run_dir)
+
+
+def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
+    """Attach to ``address``/``RAY_ADDRESS`` if given, else start a local cluster; no-op if already up.
+
+    Returns True when this call started a new local cluster (whose size is then fixed).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=target, include_dashboard=False if target is None else None, **init_kwargs)
+    return target is None
+
+
+def requested_cpus(run: RunConfig) -> float:
+    """CPUs the run asks for: its training workers plus each worker's own persistence actors."""
+    from raytopo.registry import get_family
+
+    workers = max(run.ray.num_workers, 1)
+    worker_cpus = run.ray.num_workers * run.ray.cpus_per_worker
+    family = get_family(run.family)
+    uses_pool = getattr(family, "needs_pool", lambda _: False)(run)
+    actor_cpus = workers * run.ray.persistence_actors * run.ray.cpus_per_actor if uses_pool else 0.0
+    return worker_cpus + actor_cpus
+
+
+def check_capacity(run: RunConfig, strict: bool) -> None:
+    """Fail (or warn, on a cluster that may autoscale) when the run cannot fit: pending actors wait forever."""
+    import warnings
+
+    import ray
+
+    needed = requested_cpus(run)
+    available = float(ray.cluster_resources().get("CPU", 0.0))
+    if needed <= available + 1e-9:
+        return
+    message = (
+        f"ray: the run needs {needed:g} CPUs (num_workers x cpus_per_worker + each worker's persistence_actors x "
+        f"cpus_per_actor) but the cluster has {available:g}; lower ray.cpus_per_worker/cpus_per_actor or the counts"
+    )
+    if strict:
+        raise ConfigError(message)
+    warnings.warn(message + " (waiting for the autoscaler, if any)", stacklevel=2)
