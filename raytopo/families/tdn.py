@@ -198,13 +198,21 @@ class TDNFamily:
         return run_sampler(self, model, run, n, cond, settings)
 
     def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Topology accuracy of generated masks against their target counts (the reference evaluation)."""
-        from raytopo.eval.topology_metrics import evaluate_masks
+        """Topology accuracy of generated masks against their target counts (the reference evaluation).
 
-        masks = ((samples[:, 0].detach().cpu().numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-        counts = cond["counts"].detach().cpu().numpy()
-        return evaluate_masks(masks, counts, dims=self._eval_dims(counts))
+        Keys follow `raytopo.commands.evaluate.flat_metrics`: ``dim0_conn4_accuracy``, ``dim0_conn4_f1``,
+        ``dim0_conn8_...`` and, for two counts, ``dim1_...``.
+        """
+        from raytopo.eval.topology_metrics import count_metrics, count_samples
 
-    @staticmethod
-    def _eval_dims(counts: np.ndarray) -> tuple[int, ...]:
-        return (0, 1) if counts.ndim == 2 and counts.shape[1] == 2 else (0,)
+        masks = ((samples[:, 0].detach().float().cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        counts = cond["counts"].detach().cpu().numpy().reshape(len(masks), -1).round().astype(int)
+        measures = [("dim0_conn4", 0, 4, 0), ("dim0_conn8", 0, 8, 0)]
+        if counts.shape[1] == 2:
+            measures.append(("dim1", 1, 4, 1))
+        result: dict[str, float] = {"n": float(len(masks))}
+        for name, dim, connectivity, column in measures:
+            metrics = count_metrics(counts[:, column], count_samples(masks, dim, connectivity))
+            for key in ("accuracy", "f1", "mae"):
+                result[f"{name}_{key}"] = float(getattr(metrics, key))
+        return result

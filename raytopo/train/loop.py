@@ -50,9 +50,10 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     broadcast_parameters(model)
 
     pool = _make_pool(run) if _needs_pool(family, run) else None
-    ctx = StepContext(step=start, device=device, pool=pool,
-                      generator=torch.Generator(device=device).manual_seed(run.train.seed * 1000 + rank + start),
+    ctx = StepContext(step=start, device=device, pool=pool, generator=torch.Generator(device=device),
                       extras=family.setup(run))
+    if start and rank == 0:
+        print(f"[raytopo] resuming at step {start + 1}/{run.train.steps}", flush=True)
     weights = family.loss_weights(run)
     batches = batch_iterator(run.data, run.train.batch_size, rank, world, run.train.seed, start, device)
     logger = RunLogger(run.run_dir / "tensorboard", run.train.steps, start,
@@ -60,6 +61,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     try:
         for step in range(start, run.train.steps):
             ctx.step = step
+            ctx.generator.manual_seed(step_seed(run.train.seed, rank, step))
             metrics = train_step(model, family, next(batches), ctx, weights, optimizer,
                                  run.train.microbatches, run.train.grad_clip)
             update_ema(ema, model, run.train.ema_rate)
@@ -73,6 +75,11 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
         logger.close()
         if pool is not None:
             pool.close()
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The noise/timestep seed of one step on one rank: a resumed run draws exactly what it would have."""
+    return (seed * 1_000_003 + rank) * 10_000_019 + step
 
 
 def initialise_from(model: torch.nn.Module, path: str) -> None:

@@ -1,0 +1,160 @@
+"""The `raytopo` command line. Parsing only: each subcommand's work lives in raytopo/commands/.
+
+User errors (`RaytopoError`) print one line on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from raytopo.errors import RaytopoError
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    choices = {"0": (0,), "1": (1,), "both": (0, 1)}
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"expected 0, 1 or both, got {text!r}")
+    return choices[text]
+
+
+def _topology(args: argparse.Namespace) -> int:
+    from raytopo.commands.topology import TopologyArgs, run_topology
+
+    plot = None
+    if args.plot is not None:
+        plot = Path(args.plot) if args.plot else args.image.with_name(args.image.stem + "_diagram.png")
+    return run_topology(TopologyArgs(args.image, args.dim, args.top, args.json, plot))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from raytopo.commands.evaluate import EvaluateArgs, run_evaluate
+
+    return run_evaluate(EvaluateArgs(args.folder, args.dim, args.convention, args.classes, args.json, args.out))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from raytopo.commands.train import TrainArgs, run_train
+
+    return run_train(TrainArgs(args.config, tuple(args.set), args.address, args.resume))
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from raytopo.commands.sample import SampleArgs, run_sample
+
+    return run_sample(SampleArgs(args.checkpoint, args.counts, args.per_count, args.out, args.sampler, args.steps,
+                                 args.eta, args.seed, args.batch_size))
+
+
+def _data_shapes(args: argparse.Namespace) -> int:
+    from raytopo.commands.data import ShapesArgs, run_shapes
+
+    return run_shapes(ShapesArgs(args.dim, args.n, args.size, args.max_count, args.min_count, args.objects,
+                                 args.seed, args.out))
+
+
+def _data_pack(args: argparse.Namespace) -> int:
+    from raytopo.commands.data import PackArgs, run_pack
+
+    return run_pack(PackArgs(args.folder, args.out, args.convention, args.rows_per_shard, args.overwrite))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from raytopo.commands.demo import DemoArgs, run_demo
+
+    return run_demo(DemoArgs(out=args.out, address=args.address, num_actors=args.actors))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raytopo", description="Ray distributed training for topology-aware generative models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    topology = commands.add_parser("topology", help="Betti numbers and persistence diagram of one image")
+    topology.add_argument("image", type=Path, help="a PNG/JPEG mask or grayscale image (bright = foreground)")
+    topology.add_argument("--dim", type=_dims, default=(0, 1), help="0, 1 or both (default both)")
+    topology.add_argument("--top", type=int, default=5, help="how many of the most persistent features to list")
+    topology.add_argument("--json", action="store_true", help="print JSON instead of text")
+    topology.add_argument(
+        "--plot", nargs="?", const="", default=None, metavar="PNG",
+        help="write a persistence-diagram plot (default: IMAGE_diagram.png next to the image)",
+    )
+    topology.set_defaults(run=_topology)
+
+    evaluate = commands.add_parser("evaluate", help="count accuracy, P/R/F1 and MAE of masks labelled by file name")
+    evaluate.add_argument("folder", type=Path, help="folder of PNG/JPEG masks named by their target count(s)")
+    evaluate.add_argument("--dim", type=_dims, default=(0,), help="0 (components), 1 (holes) or both (default 0)")
+    evaluate.add_argument(
+        "--convention", choices=("count", "two_counts", "count_object"), default=None,
+        help="file-name labels: c_xxx, u_v_xxx or c_objname_xxx (default: two_counts for --dim both, else count)",
+    )
+    evaluate.add_argument(
+        "--classes", default=None, metavar="K,K,...",
+        help="classes of the per-class metrics, e.g. 1,2,3,4,5 (default: the target counts found)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
+    evaluate.set_defaults(run=_evaluate)
+
+    train = commands.add_parser("train", help="train a model family on Ray (Ray Train TorchTrainer)")
+    train.add_argument("config", type=Path, help="a YAML run config (see configs/)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    train.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this run")
+    train.set_defaults(run=_train)
+
+    sample = commands.add_parser("sample", help="generate masks with requested counts from a checkpoint")
+    sample.add_argument("checkpoint", type=Path, help="a checkpoint directory written by raytopo train")
+    sample.add_argument("--counts", required=True, help="target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
+    sample.add_argument("--per-count", type=int, default=4, help="samples per target count (default 4)")
+    sample.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    sample.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--batch-size", type=int, default=16)
+    sample.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and grid.png")
+    sample.set_defaults(run=_sample)
+
+    data = commands.add_parser("data", help="make or pack datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    shapes = data_commands.add_parser("shapes", help="synthetic masks with exact component/hole counts")
+    shapes.add_argument("--dim", choices=["0", "1", "both"], default="0")
+    shapes.add_argument("--n", type=int, required=True, help="number of masks")
+    shapes.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    shapes.add_argument("--max-count", type=int, default=5)
+    shapes.add_argument("--min-count", type=int, default=1)
+    shapes.add_argument("--objects", action="store_true", help="one shape kind per mask, named c_kind_xxx.png")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--out", type=Path, required=True)
+    shapes.set_defaults(run=_data_shapes)
+    pack = data_commands.add_parser("pack", help="pack a labelled image folder into parquet shards for Ray Data")
+    pack.add_argument("folder", type=Path)
+    pack.add_argument("--out", type=Path, required=True)
+    pack.add_argument("--convention", choices=["count", "two_counts", "count_object"], default="count")
+    pack.add_argument("--rows-per-shard", type=int, default=1024)
+    pack.add_argument("--overwrite", action="store_true", help="replace an existing pack (only its shards)")
+    pack.set_defaults(run=_data_pack)
+
+    demo = commands.add_parser("demo", help="the end-to-end demo on a local Ray cluster")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    demo.add_argument("--address", default=None, help="Ray address to attach to (default: start a local cluster)")
+    demo.add_argument("--actors", type=int, default=2, help="persistence actors (default 2)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except RaytopoError as error:
+        print(f"raytopo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Implementations of the `raytopo` subcommands (argument parsing lives in raytopo/cli.py)."""
