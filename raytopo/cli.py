@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from raytopo.commands.demo import DemoArgs
 from raytopo.errors import RaytopoError
 
 
@@ -62,9 +63,11 @@ def _data_pack(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from raytopo.commands.demo import DemoArgs, run_demo
+    from raytopo.commands.demo import run_demo
 
-    return run_demo(DemoArgs(out=args.out, address=args.address, num_actors=args.actors))
+    return run_demo(DemoArgs(out=args.out, address=args.address, num_actors=args.actors,
+                             pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
+                             per_count=args.per_count))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     demo.add_argument("--address", default=None, help="Ray address to attach to (default: start a local cluster)")
     demo.add_argument("--actors", type=int, default=2, help="persistence actors (default 2)")
+    demo.add_argument("--pretrain-steps", type=int, default=DemoArgs.pretrain_steps, help="ADM-T pre-training steps")
+    demo.add_argument("--finetune-steps", type=int, default=DemoArgs.finetune_steps,
+                      help="steps of ADM-T and of TDN after pre-training (identical budgets)")
+    demo.add_argument("--per-count", type=int, default=DemoArgs.per_count, help="samples per count 1..5")
     demo.set_defaults(run=_demo)
     return parser
 
