@@ -1,0 +1,1 @@
+"""Evaluation: topology metrics, plots, image-quality metrics."""
