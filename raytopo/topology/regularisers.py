@@ -119,6 +119,21 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return torch.zeros((), dtype=like.dtype, device=like.device)
 
 
+def _live_and_truth(
+    points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None,
+    true_diagrams: Diagrams | None, dim: int, backend: str, truth_from_points: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The live (differentiable) finite points of dimension ``dim`` and the ground truth's, as constants.
+
+    ``truth_from_points`` recomputes the ground-truth values from ``true_points`` and its generators
+    (dsigma, density) instead of taking the diagram's values (bottleneck, entropy), as the reference does.
+    """
+    diagrams = _diagrams_or_computed(points, diagrams, dim, backend)
+    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, dim, backend)
+    live = _live_finite(points, diagrams, dim)
+    return live, _true_finite(true_points if truth_from_points else None, true_diagrams, dim, live)
+
+
 # ------------------------------------------------------------------------------------------------ bottleneck
 
 
@@ -145,10 +160,8 @@ def loss_bottleneck0(
     true_diagrams: Diagrams | None = None, backend: str = "giotto",
 ) -> LossValue:
     """Topo-GEN ``loss_bottleneck0``: bottleneck loss on the finite H0 points (families.md A.4 row 1)."""
-    diagrams = _diagrams_or_computed(points, diagrams, 0, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 0, backend)
-    live = _live_finite(points, diagrams, 0)
-    return _bottleneck_worst_pair_loss(live, _true_finite(None, true_diagrams, 0, live))
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, False)
+    return _bottleneck_worst_pair_loss(live, truth)
 
 
 def loss_bottleneck1(
@@ -156,10 +169,8 @@ def loss_bottleneck1(
     true_diagrams: Diagrams | None = None, backend: str = "giotto",
 ) -> LossValue:
     """Topo-GEN ``loss_bottleneck1``: bottleneck loss on the H1 points (families.md A.4 row 2)."""
-    diagrams = _diagrams_or_computed(points, diagrams, 1, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 1, backend)
-    live = _live_finite(points, diagrams, 1)
-    return _bottleneck_worst_pair_loss(live, _true_finite(None, true_diagrams, 1, live))
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 1, backend, False)
+    return _bottleneck_worst_pair_loss(live, truth)
 
 
 # ------------------------------------------------------------------------------------------- persistent entropy
@@ -193,10 +204,8 @@ def loss_persentropy0(
     true_diagrams: Diagrams | None = None, delta: float = 0.001, backend: str = "giotto",
 ) -> LossValue:
     """Topo-GEN ``loss_persentropy0`` on finite H0 persistence ``d`` (families.md A.4 row 3)."""
-    diagrams = _diagrams_or_computed(points, diagrams, 0, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 0, backend)
-    live = _live_finite(points, diagrams, 0)
-    return _persentropy_loss(live, _true_finite(None, true_diagrams, 0, live), delta)
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, False)
+    return _persentropy_loss(live, truth, delta)
 
 
 def loss_persentropy1(
@@ -204,10 +213,8 @@ def loss_persentropy1(
     true_diagrams: Diagrams | None = None, delta: float = 0.001, backend: str = "giotto",
 ) -> LossValue:
     """Topo-GEN ``loss_persentropy1`` on H1 persistence ``d - b`` (families.md A.4 row 4)."""
-    diagrams = _diagrams_or_computed(points, diagrams, 1, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 1, backend)
-    live = _live_finite(points, diagrams, 1)
-    return _persentropy_loss(live, _true_finite(None, true_diagrams, 1, live), delta)
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 1, backend, False)
+    return _persentropy_loss(live, truth, delta)
 
 
 # ----------------------------------------------------------------------------------------------------- dsigma
@@ -240,10 +247,8 @@ def loss_dsigma0(
     true_diagrams: Diagrams | None = None, sigma: float = 0.05, backend: str = "giotto",
 ) -> LossValue:
     """Topo-GEN ``loss_dsigma0`` on finite H0 points (families.md A.4 row 5); can be negative."""
-    diagrams = _diagrams_or_computed(points, diagrams, 0, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 0, backend)
-    live = _live_finite(points, diagrams, 0)
-    return _dsigma_loss(live, _true_finite(true_points, true_diagrams, 0, live), sigma)
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, True)
+    return _dsigma_loss(live, truth, sigma)
 
 
 def loss_dsigma1(
@@ -251,10 +256,8 @@ def loss_dsigma1(
     true_diagrams: Diagrams | None = None, sigma: float = 0.05, backend: str = "giotto",
 ) -> LossValue:
     """Topo-GEN ``loss_dsigma1`` on H1 points, all pairs (families.md A.4 row 6; see the module note)."""
-    diagrams = _diagrams_or_computed(points, diagrams, 1, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 1, backend)
-    live = _live_finite(points, diagrams, 1)
-    return _dsigma_loss(live, _true_finite(true_points, true_diagrams, 1, live), sigma)
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 1, backend, True)
+    return _dsigma_loss(live, truth, sigma)
 
 
 # ---------------------------------------------------------------------------------------------------- density
@@ -273,12 +276,9 @@ def loss_density(
 ) -> LossValue:
     """Topo-GEN ``loss_density`` (families.md A.4 row 7): ``mean_x (f_D(x) - f_G(x))^2``,
     ``x in linspace(0, maxrange, npoints)``, over finite H0 deaths."""
-    diagrams = _diagrams_or_computed(points, diagrams, 0, backend)
-    true_diagrams = _diagrams_or_computed(true_points, true_diagrams, 0, backend)
-    live = _live_finite(points, diagrams, 0)
+    live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, True)
     if live.shape[0] == 0:
         return _zero(live), False
-    truth = _true_finite(true_points, true_diagrams, 0, live)
     grid = torch.linspace(0.0, maxrange, npoints, dtype=live.dtype, device=live.device)
     difference = persistence_density(live[:, 1], grid, sigma, scale) - persistence_density(truth[:, 1], grid, sigma, scale)
     return (difference**2).sum() / npoints, True
