@@ -84,13 +84,33 @@ def step_seed(seed: int, rank: int, step: int) -> int:
 
 def initialise_from(model: torch.nn.Module, path: str) -> None:
     """Staged fine-tuning (adm -> adm_t -> tdn): load EMA weights non-strictly, log the new layers."""
+    from raytopo.errors import InputError
     from raytopo.models.adm.checkpoint import load_weights
 
     source = Path(path)
     weights = load_checkpoint(source, with_optimizer=False).ema if source.is_dir() else _read_weights(source)
-    report = load_weights(model, weights, strict=False)
+    report = load_weights(model, weights, strict=False, source=f"init_from {path}")
+    if len(report.missing) == len(model.state_dict()):
+        raise InputError(f"init_from {path}: no parameter name matches the model; expected a checkpoint of the "
+                         "same network (e.g. adm -> adm_t -> tdn with the same model.unet settings)")
     if report.missing:
         log.info("init_from %s: new layers kept at initialisation: %s", path, ", ".join(report.missing))
+
+
+def check_init_from(run: RunConfig) -> None:
+    """Fail on the driver, before any worker starts, if ``run.init_from`` cannot load into the run's model.
+
+    The model is built on the ``meta`` device (shapes only, no memory); the load checks every shared key's shape.
+    """
+    if not run.init_from:
+        return
+    import warnings
+
+    with torch.device("meta"):
+        model = get_family(run.family).build(run)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+        initialise_from(model, run.init_from)
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from raytopo.errors import ConfigError
 from raytopo.train.checkpoint import find_latest_checkpoint
@@ -23,8 +23,9 @@ class TrainingOutcome:
     run_dir: Path
 
 
-def build_trainer(run: RunConfig, resume_from: Path | None = None):
-    """A ``TorchTrainer`` for ``run`` (Train V2 API)."""
+def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Sequence[Any] = ()):
+    """A ``TorchTrainer`` for ``run`` (Train V2 API); ``callbacks`` are Train ``UserCallback`` objects (e.g.
+    ``ray.tune.integration.ray_train.TuneReportCallback`` when a Tune trial drives the run)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -39,6 +40,7 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None):
         storage_path=str(Path(run.ray.storage_path).expanduser().resolve()),
         failure_config=ray.train.FailureConfig(max_failures=run.ray.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.ray.num_to_keep),
+        callbacks=list(callbacks) or None,
     )
     loop_config = {**run.to_plain(), "resume_from": str(resume_from) if resume_from else None}
     datasets = {"train": ray_dataset(run.data)} if run.data.source == "parquet" else None
@@ -48,6 +50,9 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None):
 
 def run_training(run: RunConfig, address: str | None = None, resume: bool = False) -> TrainingOutcome:
     """Train ``run`` on Ray; with ``resume`` continue from the newest checkpoint under the run directory."""
+    from raytopo.train.loop import check_init_from
+
+    check_init_from(run)  # a wrong init_from fails here, not as a worker traceback
     started_here = ensure_ray(address)
     check_capacity(run, strict=started_here)
     resume_from = find_latest_checkpoint(run.run_dir) if resume else None
