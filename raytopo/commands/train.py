@@ -24,5 +24,6 @@ def run_train(args: TrainArgs) -> int:
     print(f"trained {run.family} for {outcome.metrics.get('step', '?')} steps; "
           f"final loss {outcome.metrics.get('loss', float('nan')):.4g}")
     print(f"checkpoint: {outcome.checkpoint}")
+    print(f"run outputs: {outcome.location}")
     print(f"tensorboard: tensorboard --logdir {outcome.run_dir / 'tensorboard'}")
     return 0

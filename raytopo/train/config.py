@@ -94,7 +94,7 @@ class RayConfig:
     cpus_per_actor: float = 1.0
     actor_resources: dict[str, float] = field(default_factory=dict)
     worker_resources: dict[str, float] = field(default_factory=dict)
-    storage_path: str = "runs"
+    storage_path: str = "runs"             # a directory, or a URI pyarrow understands (s3://, gs://, file://)
     name: str = "run"
     max_failures: int = 0
     num_to_keep: int = 2
@@ -121,7 +121,17 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.ray.storage_path).expanduser().resolve() / self.ray.name
+        """The local directory this node writes the run's own files to (scratch for URI storage)."""
+        from raytopo.train.storage import local_work_dir
+
+        return local_work_dir(self.ray.storage_path, self.ray.name)
+
+    @property
+    def location(self) -> str:
+        """``<storage_path>/<name>``: a local path or a URI pyarrow understands (s3://, gs://, file://)."""
+        from raytopo.train.storage import run_location
+
+        return run_location(self.ray.storage_path, self.ray.name)
 
     def to_plain(self) -> dict[str, Any]:
         return to_dict(self)

@@ -24,6 +24,7 @@ from raytopo.train.data import batch_iterator
 from raytopo.train.ema import make_ema, update_ema
 from raytopo.train.logging import RunLogger
 from raytopo.train.step import broadcast_parameters, train_step
+from raytopo.train.storage import publish
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
                 _report({**values, "step": done}, model, ema, optimizer, run, rank, checkpoint_due)
     finally:
         logger.close()
+        if rank == 0:
+            publish(run.run_dir / "tensorboard", run.ray.storage_path, run.ray.name, "tensorboard")
         if pool is not None:
             pool.close()
 
@@ -160,6 +163,7 @@ def _report(metrics: dict[str, float], model, ema, optimizer, run: RunConfig, ra
         directory = save_checkpoint(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}", model, ema, optimizer,
                                     step, run.to_plain())
         _prune_checkpoints(directory.parent, run.ray.num_to_keep)
+        publish(directory, run.ray.storage_path, run.ray.name, f"checkpoints/{directory.name}")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
         return
     staging = Path(tempfile.mkdtemp(prefix="raytopo-ckpt-"))

@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from raytopo.errors import ConfigError
-from raytopo.train.checkpoint import find_latest_checkpoint
+from raytopo.train.storage import latest_checkpoint, storage_root
 from raytopo.train.config import RunConfig
 
 
 @dataclass(frozen=True)
 class TrainingOutcome:
-    checkpoint: Path | None
+    checkpoint: Path | str | None   # a local directory, or a URI for remote storage
     metrics: dict[str, Any]
-    run_dir: Path
+    run_dir: Path        # this machine's copy of the run's own files (TensorBoard logs)
+    location: str        # <storage_path>/<name>, a path or URI
 
 
 def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Sequence[Any] = ()):
@@ -37,7 +38,7 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
                                       resources_per_worker=resources if run.ray.num_workers else None)
     run_config = ray.train.RunConfig(
         name=run.ray.name,
-        storage_path=str(Path(run.ray.storage_path).expanduser().resolve()),
+        storage_path=storage_root(run.ray.storage_path),
         failure_config=ray.train.FailureConfig(max_failures=run.ray.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.ray.num_to_keep),
         callbacks=list(callbacks) or None,
@@ -55,10 +56,18 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
     check_init_from(run)  # a wrong init_from fails here, not as a worker traceback
     started_here = ensure_ray(address)
     check_capacity(run, strict=started_here)
-    resume_from = find_latest_checkpoint(run.run_dir) if resume else None
+    resume_from = latest_checkpoint(run.ray.storage_path, run.ray.name) if resume else None
     result = build_trainer(run, resume_from).fit()
-    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    return TrainingOutcome(checkpoint=checkpoint, metrics=dict(result.metrics or {}), run_dir=run.run_dir)
+    checkpoint = _checkpoint_address(result.checkpoint)
+    return TrainingOutcome(checkpoint=checkpoint, metrics=dict(result.metrics or {}), run_dir=run.run_dir,
+                           location=run.location)
+
+
+def _checkpoint_address(checkpoint: Any) -> Path | str | None:
+    if checkpoint is None:
+        return None
+    kind = checkpoint.filesystem.type_name
+    return Path(checkpoint.path) if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:

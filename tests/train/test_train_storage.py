@@ -1,0 +1,28 @@
+"""A storage URI (here file://) receives checkpoints and TensorBoard logs, and --resume reads them back."""
+
+import json
+
+from raytopo.train.config import parse_run_config
+from raytopo.train.storage import is_uri, latest_checkpoint, run_location
+from raytopo.train.trainer import run_training
+from train_helpers import tiny_config
+
+
+def test_uri_storage_holds_the_run_and_resumes(ray_local, tmp_path, capfd):
+    store = tmp_path / "bucket"
+    uri = f"file://{store}"
+    assert is_uri(uri) and run_location(uri, "r") == f"{uri}/r"
+    config = tiny_config(uri, "r", family="adm_t", train={"steps": 2, "checkpoint_every": 2})
+    first = run_training(parse_run_config(config))
+    assert first.location == f"{uri}/r"
+    states = list((store / "r").glob("**/state.json"))
+    assert [json.loads(p.read_text())["step"] for p in states] == [2]
+    assert list((store / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+    downloaded = latest_checkpoint(uri, "r")
+    assert downloaded is not None and json.loads((downloaded / "state.json").read_text())["step"] == 2
+    config["train"]["steps"] = 4
+    resumed = run_training(parse_run_config(config), resume=True)
+    assert resumed.metrics["step"] == 4
+    assert "resuming at step 3/4" in capfd.readouterr().out
+    assert max(json.loads(p.read_text())["step"] for p in (store / "r").glob("**/state.json")) == 4
