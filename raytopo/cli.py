@@ -62,6 +62,12 @@ def _data_pack(args: argparse.Namespace) -> int:
     return run_pack(PackArgs(args.folder, args.out, args.convention, args.rows_per_shard, args.overwrite))
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from raytopo.commands.tune import TuneArgs, run_tune
+
+    return run_tune(TuneArgs(args.space, args.num_samples, args.resume, args.address, args.storage))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from raytopo.commands.demo import run_demo
 
@@ -141,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--rows-per-shard", type=int, default=1024)
     pack.add_argument("--overwrite", action="store_true", help="replace an existing pack (only its shards)")
     pack.set_defaults(run=_data_pack)
+
+    tune = commands.add_parser("tune", help="a Ray Tune sweep over a YAML search space (see tune_spaces/)")
+    tune.add_argument("space", type=Path, help="a YAML search space, e.g. tune_spaces/tdn_topo.yaml")
+    tune.add_argument("--num-samples", type=int, default=None, help="trials to sample (default: the space's)")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    tune.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
+    tune.add_argument("--storage", default=None, metavar="DIR",
+                      help="where sweeps are kept (default: the space's storage_path, runs/tune)")
+    tune.set_defaults(run=_tune)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on a local Ray cluster")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

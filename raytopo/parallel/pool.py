@@ -500,7 +500,10 @@ class PersistencePool:
             self._actors.append(self._new_actor())
 
     def _new_actor(self) -> Any:
-        options = dict(num_cpus=self.config.cpus_per_actor, max_restarts=0, max_task_retries=0)
+        # "DEFAULT": never captured into the caller's placement group. Inside a Tune trial (whose group captures
+        # child tasks) Ray passes the capture on to Train workers, whose bundles have no room for these actors.
+        options = dict(num_cpus=self.config.cpus_per_actor, max_restarts=0, max_task_retries=0,
+                       scheduling_strategy="DEFAULT")
         if self.config.resources:
             options["resources"] = dict(self.config.resources)
         return _RemoteWorker.options(**options).remote(_thread_limit(self.config.cpus_per_actor))
