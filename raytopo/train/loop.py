@@ -40,6 +40,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     family = get_family(run.family)
 
+    limit_cpu_threads(run)
     torch.manual_seed(run.train.seed)
     model = family.build(run).to(device)
     if run.init_from:
@@ -78,6 +79,17 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             publish(run.run_dir / "tensorboard", run.ray.storage_path, run.ray.name, "tensorboard")
         if pool is not None:
             pool.close()
+
+
+def limit_cpu_threads(run: RunConfig) -> None:
+    """Give torch as many intra-op threads as the worker reserved CPUs (at least one).
+
+    torch defaults to every core of the machine; with persistence actors and other workers on the same
+    cores, oversubscribed threads made CPU steps ~13x slower in bench/tdn_step.py. Local mode
+    (num_workers 0) runs in the driver and keeps torch's default.
+    """
+    if run.ray.num_workers and not run.ray.use_gpu:
+        torch.set_num_threads(max(1, int(run.ray.cpus_per_worker)))
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
