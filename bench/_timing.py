@@ -24,16 +24,18 @@ def median_ms(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> flo
 
 
 def interleaved_medians(fns: Sequence[Callable[[], object]], repeat: int = 7, warmup: int = 1) -> list[float]:
-    """Medians (ms) of several functions timed round-robin, so drift hits them all alike."""
+    """Medians (ms) of several functions timed round-robin (rotating order), so drift hits them all alike."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, bucket in zip(fns, samples):
+    for round_ in range(repeat):
+        # rotate the order each round so no candidate always runs right after the same neighbour
+        # (e.g. after gudhi has flushed the caches)
+        for index in [(round_ + k) % len(fns) for k in range(len(fns))]:
             start = time.perf_counter()
-            fn()
-            bucket.append((time.perf_counter() - start) * 1e3)
+            fns[index]()
+            samples[index].append((time.perf_counter() - start) * 1e3)
     return [statistics.median(bucket) for bucket in samples]
 
 
