@@ -13,7 +13,7 @@ from raytopo.train.config import parse_run_config
 from raytopo.tune.runner import asha_settings, format_table, sort_rows, TrialRow
 from raytopo.tune.space import load_space, parse_distribution, parse_space, reported_metrics
 
-from conftest import tiny_space
+from tune_helpers import tiny_space
 
 REPO = Path(__file__).resolve().parents[2]
 

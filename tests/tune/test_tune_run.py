@@ -20,7 +20,7 @@ from raytopo.tune.runner import BEST_CONFIG_NAME, format_table, run_sweep
 from raytopo.tune.space import parse_space
 from raytopo.tune.trial import EVALUATED, TRAIN_DIR_NAME, evaluate_checkpoint
 
-from conftest import tiny_space
+from tune_helpers import tiny_space
 
 EVAL_KEYS = {"dim0_conn4_accuracy", "dim0_conn4_f1", "dim0_conn4_mae", "dim0_conn8_accuracy"}
 TRAIN_KEYS = {"mse", "vb", "topo", "loss", "step"}

@@ -1,24 +1,10 @@
-"""Shared fixtures of the Tune tests: one local 2-CPU Ray instance per module, and a tiny space."""
+"""Helpers of the Tune tests: a tiny run config and space (``ray_local`` lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 from typing import Any
-
-import pytest
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local 2-CPU Ray instance per test module (never attaches to a cluster left by ``ray start``)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
 
 
 def tiny_base(storage: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""A module-wide local Ray instance for the training tests (helpers are in train_helpers.py)."""
+"""Fixtures shared by every test folder."""
 
 from __future__ import annotations
 
