@@ -59,24 +59,27 @@ def _validated_options(maxdim: int, backend: str) -> None:
         raise ConfigError(f"rips backend: expected one of {RIPS_BACKENDS}, got {backend!r}")
 
 
-def _edge_lengths(distances: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return distances[edges[:, 0], edges[:, 1]] if len(edges) else np.zeros(0)
+def _edge_lengths(cloud: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Euclidean lengths of the given edges only (not the whole distance matrix: the hot path)."""
+    if not len(edges):
+        return np.zeros(0)
+    return np.sqrt(((cloud[edges[:, 0]] - cloud[edges[:, 1]]) ** 2).sum(axis=1))
 
 
-def _h0_diagram(distances: np.ndarray, finite_gens: np.ndarray, essential_vertices: np.ndarray) -> Diagram:
+def _h0_diagram(cloud: np.ndarray, finite_gens: np.ndarray, essential_vertices: np.ndarray) -> Diagram:
     """H0 from rows ``[birth vertex, a, b]`` (finite) and essential birth vertices; finite points first."""
     finite_gens = np.asarray(finite_gens, dtype=np.int64).reshape(-1, 3)
     essential_vertices = np.asarray(essential_vertices, dtype=np.int64).reshape(-1)
     birth_vertices = np.concatenate([finite_gens[:, 0], essential_vertices])
     death_edges = np.concatenate([finite_gens[:, 1:3], np.full((len(essential_vertices), 2), -1)])
-    deaths = np.concatenate([_edge_lengths(distances, finite_gens[:, 1:3]), np.full(len(essential_vertices), np.inf)])
+    deaths = np.concatenate([_edge_lengths(cloud, finite_gens[:, 1:3]), np.full(len(essential_vertices), np.inf)])
     return Diagram(0, np.zeros(len(birth_vertices)), deaths, np.stack([birth_vertices] * 2, axis=1), death_edges)
 
 
-def _h1_diagram(distances: np.ndarray, gens: np.ndarray) -> Diagram:
+def _h1_diagram(cloud: np.ndarray, gens: np.ndarray) -> Diagram:
     """H1 from rows ``[v0, v1, v2, v3]``: birth edge ``(v0, v1)``, death edge ``(v2, v3)``."""
     gens = np.asarray(gens, dtype=np.int64).reshape(-1, 4)
-    births, deaths = _edge_lengths(distances, gens[:, 0:2]), _edge_lengths(distances, gens[:, 2:4])
+    births, deaths = _edge_lengths(cloud, gens[:, 0:2]), _edge_lengths(cloud, gens[:, 2:4])
     return Diagram(1, births, deaths, gens[:, 0:2], gens[:, 2:4])
 
 
@@ -88,31 +91,31 @@ def _check_aligned(diagram: Diagram, backend_points: np.ndarray) -> None:
         raise RuntimeError(f"giotto-ph H{diagram.dim}: generator rows do not match diagram rows")
 
 
-def _giotto_diagrams(cloud: np.ndarray, distances: np.ndarray, maxdim: int) -> list[Diagram]:
+def _giotto_diagrams(cloud: np.ndarray, maxdim: int) -> list[Diagram]:
     from gph import ripser_parallel
 
     result = ripser_parallel(cloud, maxdim=maxdim, return_generators=True, n_threads=1)
     finite_h0, finite_higher, essential_h0, _essential_higher = result["gens"]
-    h0 = _h0_diagram(distances, finite_h0, essential_h0)
+    h0 = _h0_diagram(cloud, finite_h0, essential_h0)
     _check_aligned(h0, result["dgms"][0])  # dgms[0]: finite rows in generator order, the infinite bar last
     diagrams = [h0]
     if maxdim >= 1:
-        h1 = _h1_diagram(distances, finite_higher[0])
+        h1 = _h1_diagram(cloud, finite_higher[0])
         _check_aligned(h1, result["dgms"][1])
         diagrams.append(h1)
     return diagrams
 
 
-def _gudhi_diagrams(distances: np.ndarray, maxdim: int) -> list[Diagram]:
+def _gudhi_diagrams(cloud: np.ndarray, maxdim: int) -> list[Diagram]:
     import gudhi
 
-    simplex_tree = gudhi.RipsComplex(distance_matrix=distances).create_simplex_tree(max_dimension=maxdim + 1)
+    simplex_tree = gudhi.RipsComplex(distance_matrix=cdist(cloud, cloud)).create_simplex_tree(max_dimension=maxdim + 1)
     simplex_tree.compute_persistence(homology_coeff_field=2, min_persistence=0.0)
     finite_h0, finite_higher, essential_h0, _essential_higher = simplex_tree.flag_persistence_generators()
-    h0 = _h0_diagram(distances, finite_h0, essential_h0)
+    h0 = _h0_diagram(cloud, finite_h0, essential_h0)
     diagrams = [h0.select(h0.deaths > h0.births)]
     if maxdim >= 1:
-        h1 = _h1_diagram(distances, finite_higher[0] if len(finite_higher) else np.zeros((0, 4)))
+        h1 = _h1_diagram(cloud, finite_higher[0] if len(finite_higher) else np.zeros((0, 4)))
         diagrams.append(h1.select(h1.deaths > h1.births))
     return diagrams
 
@@ -125,7 +128,6 @@ def rips_persistence(points: np.ndarray, maxdim: int = 1, backend: RipsBackend =
     """
     _validated_options(maxdim, backend)
     cloud = _validated_cloud(points)
-    distances = cdist(cloud, cloud)
     if backend == "giotto":
-        return _giotto_diagrams(cloud, distances, maxdim)
-    return _gudhi_diagrams(distances, maxdim)
+        return _giotto_diagrams(cloud, maxdim)
+    return _gudhi_diagrams(cloud, maxdim)
