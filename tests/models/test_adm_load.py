@@ -10,6 +10,7 @@ import torch
 
 from raytopo.errors import ConfigError, InputError
 from raytopo.models.adm import (
+from adm_helpers import randomized
     UNetConfig,
     UNetModel,
     load_improved_diffusion,
@@ -20,15 +21,6 @@ from raytopo.models.adm import (
 
 FLAGS = dict(image_size=16, num_channels=32, num_res_blocks=1, attention_resolutions="8", num_colors=1)
 LABEL_KEYS = {"label_emb.0.weight", "label_emb.0.bias", "label_emb.2.weight", "label_emb.2.bias"}
-
-
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter (zero-initialised ones too) a random value, so every path reaches the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 def inputs(n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

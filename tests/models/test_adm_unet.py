@@ -12,21 +12,13 @@ from torch.nn import functional as F
 from raytopo.errors import ConfigError, InputError
 from raytopo.models.adm import UNetConfig, UNetModel, timestep_embedding
 from raytopo.models.adm.layers import AttentionBlock, ResBlock, qkv_attention
+from adm_helpers import randomized
 
 TINY = dict(image_size=16, in_channels=1, model_channels=32, num_res_blocks=1, attention_resolutions=(8,))
 
 
 def tiny(**overrides: object) -> UNetConfig:
     return UNetConfig(**{**TINY, **overrides})  # type: ignore[arg-type]
-
-
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter (zero-initialised ones too) a random value, so every path reaches the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 def batch(cfg: UNetConfig, n: int = 2, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
