@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from adm_helpers import randomized
 
 from raytopo.errors import ConfigError, InputError
 from raytopo.models.adm import (
-from adm_helpers import randomized
     UNetConfig,
     UNetModel,
     load_improved_diffusion,

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from adm_helpers import randomized
 from torch.nn import functional as F
 
 from raytopo.errors import ConfigError, InputError
 from raytopo.models.adm import UNetConfig, UNetModel, timestep_embedding
 from raytopo.models.adm.layers import AttentionBlock, ResBlock, qkv_attention
-from adm_helpers import randomized
 
 TINY = dict(image_size=16, in_channels=1, model_channels=32, num_res_blocks=1, attention_resolutions=(8,))
 
