@@ -116,10 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this run")
     train.set_defaults(run=_train)
 
-    sample = commands.add_parser("sample", help="generate masks with requested counts from a checkpoint")
+    sample = commands.add_parser("sample", help="generate images (masks with requested counts) from a checkpoint")
     sample.add_argument("checkpoint", type=Path, help="a checkpoint directory written by raytopo train")
-    sample.add_argument("--counts", required=True, help="target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
-    sample.add_argument("--per-count", type=int, default=4, help="samples per target count (default 4)")
+    sample.add_argument("--counts", default=None,
+                        help="count-conditioned families: target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
+    sample.add_argument("--per-count", type=int, default=4,
+                        help="samples per target count, or in total for families without counts (default 4)")
     sample.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     sample.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")

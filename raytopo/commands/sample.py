@@ -14,7 +14,7 @@ from raytopo.errors import InputError
 @dataclass(frozen=True)
 class SampleArgs:
     checkpoint: Path
-    counts: str
+    counts: str | None
     per_count: int
     out: Path
     sampler: str = "ddim"
@@ -63,9 +63,20 @@ def run_sample(args: SampleArgs) -> int:
         raise InputError(f"--per-count: expected >= 1, got {args.per_count}")
     settings = SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed)
     family, run, model = load_model_for_sampling(args.checkpoint)
-    counts_per_image = 2 if run.data.convention == "two_counts" else 1
-    targets = [t for t in parse_counts(args.counts, counts_per_image) for _ in range(args.per_count)]
-    images = generate(family, run, model, targets, settings, args.batch_size)
+    if run.data.has_counts:
+        if args.counts is None:
+            raise InputError(f"--counts: required for a model trained on counts (family {run.family!r})")
+        counts_per_image = 2 if run.data.convention == "two_counts" else 1
+        targets = [t for t in parse_counts(args.counts, counts_per_image) for _ in range(args.per_count)]
+        images = generate(family, run, model, targets, settings, args.batch_size)
+    else:
+        if args.counts is not None:
+            raise InputError(f"--counts: family {run.family!r} was trained without counts; leave --counts out")
+        from raytopo.families.base import sample_in_batches
+
+        targets = [()] * args.per_count
+        with torch.no_grad():
+            images = sample_in_batches(family, model, run, args.per_count, {}, settings, args.batch_size)
     paths = write_samples(images, targets, args.out)
     grid_path = write_grid(images, args.out)
     print(f"wrote {len(paths)} samples to {args.out} and a grid to {grid_path}")
@@ -85,24 +96,22 @@ def write_grid(images: torch.Tensor, out: Path) -> Path:
 
 
 def generate(family, run, model, targets: list[tuple[float, ...]], settings, batch_size: int) -> torch.Tensor:
-    """Samples for every target, in batches; each batch gets its own seed offset for reproducibility."""
-    chunks = []
-    for start in range(0, len(targets), batch_size):
-        counts = torch.tensor(targets[start:start + batch_size], dtype=torch.float32)
-        chunk_settings = type(settings)(**{**settings.__dict__, "seed": settings.seed + start})
-        chunks.append(family.sample(model, run, len(counts), {"counts": counts}, chunk_settings))
-    return torch.cat(chunks)
+    """Samples for every target count, in batches (`raytopo.families.base.sample_in_batches`)."""
+    from raytopo.families.base import sample_in_batches
+
+    counts = torch.tensor(targets, dtype=torch.float32)
+    return sample_in_batches(family, model, run, len(counts), {"counts": counts}, settings, batch_size)
 
 
 def write_samples(images: torch.Tensor, targets: list[tuple[float, ...]], out: Path) -> list[Path]:
-    """PNG masks named in the TDN convention (``c_xxxx.png`` / ``u_v_xxxx.png``), channel-first [-1, 1] input."""
+    """PNGs named in the TDN convention (``c_xxxx.png`` / ``u_v_xxxx.png``; ``xxxx.png`` without a target)."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     paths = []
     for index, (image, target) in enumerate(zip(pixels, targets)):
-        name = "_".join(str(int(c)) for c in target) + f"_{index:05d}.png"
+        name = "".join(f"{int(c)}_" for c in target) + f"{index:05d}.png"
         array = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
         Image.fromarray(array).save(out / name)
         paths.append(out / name)

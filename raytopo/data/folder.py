@@ -118,7 +118,7 @@ class ImageFolderDataset(Dataset):
 
     Every label is parsed at construction, so a bad name fails immediately, naming the file. Items are
     dicts: ``image`` float32 ``[C, S, S]`` in [-1, 1], ``counts`` float32 ``[k]`` (k = 1, or 2 for
-    ``two_counts``) and, for ``count_object`` only, ``object`` int64 scalar (index in ``object_index``).
+    ``two_counts``; absent for the ``none`` convention) and, for ``count_object`` only, ``object`` int64 scalar (index in ``object_index``).
     """
 
     def __init__(
@@ -159,10 +159,9 @@ class ImageFolderDataset(Dataset):
             data = path.read_bytes()
         except OSError as error:
             raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
-        item = {
-            "image": torch.from_numpy(decode_image(data, self.image_size, self.channels, str(path))),
-            "counts": torch.tensor(label.counts, dtype=torch.float32),
-        }
+        item = {"image": torch.from_numpy(decode_image(data, self.image_size, self.channels, str(path)))}
+        if label.counts:
+            item["counts"] = torch.tensor(label.counts, dtype=torch.float32)
         if label.object_name is not None:
             item["object"] = torch.tensor(self.index.object_index[label.object_name], dtype=torch.int64)
         return item

@@ -5,6 +5,7 @@
 | ``count``       | ``c_xxx.ext``        | c = components (dim 0) or holes (dim 1) |
 | ``two_counts``  | ``u_v_xxx.ext``      | u = components, v = holes               |
 | ``count_object``| ``c_objname_xxx.ext``| c, plus the object class name           |
+| ``none``        | any name             | no label (unlabelled images)            |
 
 * Fields are separated by underscores; the extension is ignored. ``c`` (and ``u``, ``v``) is the text
   before the first (second) underscore parsed as a float, as the reference does. A count must be a plain
@@ -41,11 +42,12 @@ class LabelConvention(str, Enum):
     COUNT = "count"
     TWO_COUNTS = "two_counts"
     COUNT_OBJECT = "count_object"
+    NONE = "none"
 
     @property
     def num_counts(self) -> int:
         """Number of float counts in a label of this convention."""
-        return 2 if self is LabelConvention.TWO_COUNTS else 1
+        return {LabelConvention.TWO_COUNTS: 2, LabelConvention.NONE: 0}.get(self, 1)
 
     @property
     def pattern(self) -> str:
@@ -62,6 +64,7 @@ _PATTERNS = {
     LabelConvention.COUNT: ("<count>_<id>.<ext>", "3_0001.png"),
     LabelConvention.TWO_COUNTS: ("<components>_<holes>_<id>.<ext>", "3_1_0001.png"),
     LabelConvention.COUNT_OBJECT: ("<count>_<object>_<id>.<ext>", "3_circle_0001.png"),
+    LabelConvention.NONE: ("<any name>.<ext>", "0001.png"),
 }
 
 
@@ -91,6 +94,8 @@ def parse_label(path: str | Path, convention: LabelConvention | str) -> Label:
     """
     convention = as_convention(convention)
     path = Path(path)
+    if convention is LabelConvention.NONE:
+        return Label(counts=())
     fields = path.stem.split("_", 2 if convention is not LabelConvention.COUNT else 1)
     if len(fields) != convention.num_counts + (2 if convention is LabelConvention.COUNT_OBJECT else 1):
         raise _mismatch(path, convention)

@@ -10,14 +10,19 @@ A family is a small object registered by a stable short name. The trainer only e
   trainer resolves pending terms as late as possible, so that other micro-batches' forward and backward passes
   overlap with that work;
 * ``sample(model, run, n, cond, sampler) -> Tensor``: images in [-1, 1] (``run``: the RunConfig it was trained with);
-* ``evaluate(samples, cond) -> dict[str, float]``.
+* ``evaluate(samples, cond) -> dict[str, float]``;
+* ``preview(model, run) -> {name: (images, captions | None)}``: the image grids the trainer logs every
+  ``train.sample_every`` steps (TensorBoard ``samples/<name>``), from the EMA model;
+* ``evaluate_model(model, run, sampler, per_count, batch_size) -> dict[str, float]``: the family's scores of a
+  trained model (what every Tune trial reports and what `raytopo evaluate --checkpoint` prints), with
+  ``metric_names(run)`` listing their keys so a sweep's metric is checked before any trial starts.
 
 Adding a family never requires touching the trainer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol
 
 import torch
@@ -39,6 +44,21 @@ class Pending:
 def resolve_terms(terms: Mapping[str, "torch.Tensor | Pending"]) -> dict[str, torch.Tensor]:
     """Every term as a tensor (blocking on pending ones)."""
     return {name: term.result() if isinstance(term, Pending) else term for name, term in terms.items()}
+
+
+def sample_in_batches(family: "Family", model: torch.nn.Module, run: Any, n: int,
+                      cond: Mapping[str, torch.Tensor], sampler: Any, batch_size: int) -> torch.Tensor:
+    """``n`` samples drawn ``batch_size`` at a time (``cond`` tensors sliced along the batch).
+
+    Batch ``k`` starting at row ``start`` uses seed ``sampler.seed + start``, so the images do not depend on
+    ``batch_size`` only through the seed offsets and a rerun reproduces them exactly.
+    """
+    chunks = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        chunk = {key: value[start:start + size] for key, value in cond.items()}
+        chunks.append(family.sample(model, run, size, chunk, replace(sampler, seed=sampler.seed + start)))
+    return torch.cat(chunks)
 
 
 @dataclass
@@ -64,3 +84,10 @@ class Family(Protocol):
                sampler: Any) -> torch.Tensor: ...
 
     def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> dict[str, float]: ...
+
+    def preview(self, model: torch.nn.Module, run: Any) -> dict[str, tuple[torch.Tensor, list[str] | None]]: ...
+
+    def evaluate_model(self, model: torch.nn.Module, run: Any, sampler: Any, per_count: int,
+                       batch_size: int) -> dict[str, float]: ...
+
+    def metric_names(self, run: Any) -> set[str]: ...

@@ -93,6 +93,11 @@ class TDNFamily:
 
     def parse(self, run: Any) -> ParsedTDN:
         model = from_dict(TDNModelConfig, run.model, "model")
+        if self.conditioned and not run.data.has_counts:
+            raise ConfigError(
+                f"data: family {self.name!r} is conditioned on counts, but source {run.data.source!r} with convention "
+                f"{run.data.convention!r} has none; expected source shapes, or folder/parquet with a count convention"
+            )
         counts_per_image = 2 if run.data.convention == "two_counts" else 1
         unet_fields = {**_UNET_DEFAULTS, **model.unet, "image_size": run.data.image_size,
                        "in_channels": run.data.channels}
@@ -196,6 +201,39 @@ class TDNFamily:
         from raytopo.families.sampling import run_sampler
 
         return run_sampler(self, model, run, n, cond, settings)
+
+    @staticmethod
+    def target_counts(run: Any, per_count: int) -> dict[str, torch.Tensor]:
+        """Target counts min..max (each ``per_count`` times) shaped as the run's data: ``{"counts": [N, k]}``."""
+        values = torch.arange(run.data.min_count, run.data.max_count + 1, dtype=torch.float32)
+        counts = values.repeat_interleave(per_count)
+        if run.data.convention == "two_counts":
+            return {"counts": torch.stack([counts, torch.minimum(counts, torch.ones_like(counts))], dim=1)}
+        return {"counts": counts[:, None]}
+
+    def preview(self, model: torch.nn.Module, run: Any) -> dict[str, tuple[torch.Tensor, list[str] | None]]:
+        """Two samples per target count, captioned with the count they were asked for."""
+        from raytopo.families.sampling import SamplerSettings
+
+        cond = self.target_counts(run, per_count=2)
+        images = self.sample(model, run, len(cond["counts"]), cond, SamplerSettings(steps=run.train.sample_steps))
+        captions = [":".join(str(int(c)) for c in row) for row in cond["counts"].tolist()]
+        return {"counts": (images, captions)}
+
+    def evaluate_model(self, model: torch.nn.Module, run: Any, sampler: Any, per_count: int,
+                       batch_size: int) -> dict[str, float]:
+        """`evaluate` of ``per_count`` samples for each target count of the run's data."""
+        from raytopo.families.base import sample_in_batches
+
+        cond = self.target_counts(run, per_count)
+        with torch.no_grad():
+            images = sample_in_batches(self, model, run, len(cond["counts"]), cond, sampler, batch_size)
+        return self.evaluate(images, cond)
+
+    def metric_names(self, run: Any) -> set[str]:
+        cond = self.target_counts(run, per_count=1)
+        blank = -torch.ones(len(cond["counts"]), run.data.channels, run.data.image_size, run.data.image_size)
+        return set(self.evaluate(blank, cond))
 
     def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Topology accuracy of generated masks against their target counts (the reference evaluation).

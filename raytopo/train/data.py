@@ -1,13 +1,17 @@
-"""Training batches on a worker: an endless iterator of ``{"image", "counts"[, "object"]}`` tensors.
+"""Training batches on a worker: an endless iterator of dicts of tensors.
 
-* ``shapes``: the synthetic Shapes set generated in memory (deterministic in the seed; every worker builds
-  the same set and takes its own rows), so a run needs no files at all.
-* ``folder``: an image folder with TDN filename labels, read by every worker (fine on one machine or with
-  shared storage; use ``parquet`` on a cluster).
+Every batch has ``image`` float32 ``[B, C, H, W]`` in [-1, 1]; ``counts`` float32 ``[B, k]`` when the source is
+count-labelled (`DataConfig.has_counts`), ``object`` for the ``count_object`` convention, and ``label`` int64
+``[B]`` when class labels exist (``garments``, ``npy`` with ``labels_path``).
+
+* generated sources (``shapes``, ``glyphs``, ``garments``): built in memory, deterministic in the seed; every
+  worker builds the same set and takes its own rows, so a run needs no files at all;
+* ``folder`` / ``npy``: read by every worker (fine on one machine or with shared storage; use ``parquet`` on a
+  cluster);
 * ``parquet``: shards written by ``raytopo data pack``, streamed by Ray Data to workers on any node
   (``ray.train.get_dataset_shard("train")``).
 
-Rows are split across workers by rank (shapes/folder) or by Ray Data (parquet); each worker reshuffles
+Rows are split across workers by rank (in-memory sources) or by Ray Data (parquet); each worker reshuffles
 every epoch with a seed derived from (seed, epoch, rank), so a resumed run draws the same batches.
 """
 
@@ -25,12 +29,12 @@ Batch = dict[str, torch.Tensor]
 
 
 def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    """The whole (small) training set as arrays: image float32 [N, C, H, W] in [-1, 1], counts [N, k]."""
-    if data.source == "shapes":
-        return _shapes_arrays(data)
-    if data.source == "folder":
-        return _folder_arrays(data)
-    raise ConfigError(f"data.source: {data.source!r} is streamed with Ray Data, not loaded in memory")
+    """The whole (small) training set as arrays: ``image`` float32 [N, C, H, W] in [-1, 1] plus its labels."""
+    loaders = {"shapes": _shapes_arrays, "glyphs": _glyph_arrays, "garments": _garment_arrays,
+               "folder": _folder_arrays, "npy": _npy_arrays}
+    if data.source not in loaders:
+        raise ConfigError(f"data.source: {data.source!r} is streamed with Ray Data, not loaded in memory")
+    return loaders[data.source](data)
 
 
 def batch_iterator(data: DataConfig, batch_size: int, rank: int, world: int, seed: int,
@@ -67,10 +71,27 @@ def _shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
         mask, label, _ = shape_example(config, index)
         masks.append(mask)
         counts.append(label)
-    images = np.stack(masks).astype(np.float32)[:, None] / 127.5 - 1.0
-    if data.channels == 3:
-        images = np.repeat(images, 3, axis=1)
-    return {"image": images, "counts": np.asarray(counts, dtype=np.float32)}
+    return {"image": _scaled(np.stack(masks), data.channels), "counts": np.asarray(counts, dtype=np.float32)}
+
+
+def _glyph_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    from raytopo.data.glyphs import glyph_images
+
+    images = glyph_images(data.num_images, data.image_size, group=data.group, seed=data.seed)
+    return {"image": _scaled(images, data.channels)}
+
+
+def _garment_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    from raytopo.data.garments import garment_images
+
+    images, labels = garment_images(data.num_images, data.image_size, seed=data.seed)
+    return {"image": _scaled(images, data.channels), "label": labels.astype(np.int64)}
+
+
+def _scaled(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 [N, H, W] -> float32 [N, channels, H, W] in [-1, 1]."""
+    scaled = images.astype(np.float32)[:, None] / 127.5 - 1.0
+    return np.repeat(scaled, channels, axis=1) if channels == 3 else scaled
 
 
 def _folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
@@ -78,10 +99,15 @@ def _folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
 
     dataset = ImageFolderDataset(data.path, data.convention, data.image_size, channels=data.channels)
     items = [dataset[i] for i in range(len(dataset))]
-    arrays = {"image": np.stack([item["image"].numpy() for item in items]),
-              "counts": np.stack([item["counts"].numpy() for item in items])}
-    if "object" in items[0]:
-        arrays["object"] = np.stack([item["object"].numpy() for item in items])
+    return {key: np.stack([item[key].numpy() for item in items]) for key in items[0]}
+
+
+def _npy_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    from raytopo.data.arrays import load_image_array, load_labels
+
+    arrays = {"image": load_image_array(data.path, data.image_size, data.channels)}
+    if data.labels_path:
+        arrays["label"] = load_labels(data.labels_path, len(arrays["image"]))
     return arrays
 
 
@@ -93,7 +119,8 @@ def _ray_data_batches(data: DataConfig, batch_size: int, device: torch.device) -
         raise ConfigError("data.source 'parquet': the trainer was started without a 'train' dataset")
     while True:
         for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
-            yield {key: value for key, value in batch.items() if key in ("image", "counts", "object")}
+            yield {key: value for key, value in batch.items()
+                   if key in ("image", "object") or (key == "counts" and value.shape[-1] > 0)}
 
 
 def ray_dataset(data: DataConfig) -> Any:

@@ -50,15 +50,16 @@ class RunLogger:
         terms = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "grad_norm")
         return f"[raytopo] step {step}/{self.total_steps}  {terms}  ETA {_duration(eta)}"
 
-    def samples(self, step: int, images: torch.Tensor, counts: torch.Tensor | None) -> None:
-        """A grid of samples (in [-1, 1]) titled with their target counts, and one persistence diagram."""
+    def images(self, step: int, name: str, images: torch.Tensor, captions: list[str] | None = None) -> None:
+        """A grid of images (in [-1, 1]) as ``samples/<name>``, its captions as text, and the persistence
+        diagram of the first image (superlevel filtration)."""
         if not self.enabled:
             return
         grid = image_grid(images)
-        tag = "samples" if counts is None else "samples/counts " + ",".join(
-            str(int(c)) for c in counts.reshape(len(counts), -1)[:, 0].tolist())
-        self.writer.add_image(tag, grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
-        self.writer.add_figure("persistence_diagram", _diagram_figure(images[0]), step)
+        self.writer.add_image(f"samples/{name}", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        if captions:
+            self.writer.add_text(f"samples/{name}", " ".join(captions), step)
+        self.writer.add_figure(f"persistence_diagram/{name}", _diagram_figure(images[0]), step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -195,20 +195,10 @@ def _maybe_sample(family, ema, run: RunConfig, logger: RunLogger, done: int) -> 
     every = run.train.sample_every
     if not logger.enabled or not every or done % every:
         return
-    from raytopo.families.sampling import SamplerSettings
-
-    counts = sample_counts(run, per_count=2)
-    images = family.sample(ema, run, len(counts["counts"]), counts, SamplerSettings(steps=run.train.sample_steps))
-    logger.samples(done, images, counts.get("counts"))
-
-
-def sample_counts(run: RunConfig, per_count: int) -> dict[str, torch.Tensor]:
-    """Target counts min..max (each ``per_count`` times) in the shape the family's data uses."""
-    values = torch.arange(run.data.min_count, run.data.max_count + 1, dtype=torch.float32)
-    counts = values.repeat_interleave(per_count)
-    if run.data.convention == "two_counts":
-        return {"counts": torch.stack([counts, torch.minimum(counts, torch.ones_like(counts))], dim=1)}
-    return {"counts": counts[:, None]}
+    with torch.no_grad():
+        grids = family.preview(ema, run)
+    for name, (images, captions) in grids.items():
+        logger.images(done, name, images, captions)
 
 
 def _needs_pool(family, run: RunConfig) -> bool:

@@ -347,20 +347,14 @@ def _check_value(space: TuneSpace, key: str, value: Any) -> None:
 def reported_metrics(run: RunConfig) -> tuple[set[str], set[str]]:
     """(training metrics, evaluation keys) that trials of ``run``'s family report.
 
-    Training: the family's loss terms, ``loss``, ``lr`` and ``step``. Evaluation: the keys the family's own
-    ``evaluate`` returns, found by evaluating a few blank images (so a new family needs nothing here).
+    Training: the family's loss terms, ``loss``, ``lr`` and ``step``. Evaluation: the family's ``metric_names``
+    (the keys of its ``evaluate_model``), so a new family needs nothing here.
     """
-    import torch
-
     from raytopo.registry import get_family
-    from raytopo.train.loop import sample_counts
 
     family = get_family(run.family)
     training = set(family.loss_weights(run)) | {"loss", "lr", "step"}
-    cond = sample_counts(run, per_count=1)
-    blank = -torch.ones(len(cond["counts"]), run.data.channels, run.data.image_size, run.data.image_size)
-    evaluation = set(family.evaluate(blank, cond))
-    return training, evaluation
+    return training, set(family.metric_names(run))
 
 
 def scheduler_metric(space: TuneSpace, training: set[str]) -> tuple[str, str]:

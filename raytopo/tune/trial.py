@@ -3,7 +3,7 @@
 `run_trial` builds the trial's RunConfig (base + sampled params) with its Train storage inside the trial
 directory, fits a TorchTrainer whose ``ray.train.RunConfig(callbacks=[TuneReportCallback()])`` streams every
 training report to Tune, then samples from the final checkpoint (``eval.per_count`` images for each target count)
-and reports the family's evaluation metrics with ``ray.tune.report``, merged with the last training metrics.
+and reports the family's `evaluate_model` metrics with ``ray.tune.report``, merged with the last training metrics.
 A rerun of the same trial (``--resume``) continues its training from the newest checkpoint in that directory.
 """
 
@@ -40,18 +40,12 @@ def run_trial(config: dict[str, Any], space: TuneSpace) -> None:
 
 def evaluate_checkpoint(checkpoint: Path, settings: SamplerSettings, per_count: int,
                         batch_size: int) -> dict[str, float]:
-    """The family's evaluation of ``per_count`` samples for each target count of the run's data (EMA weights)."""
-    import torch
-
-    from raytopo.commands.sample import generate, load_model_for_sampling
-    from raytopo.train.loop import sample_counts
+    """The family's `evaluate_model` of the checkpoint's EMA weights (e.g. count accuracy of its samples)."""
+    from raytopo.commands.sample import load_model_for_sampling
 
     family, run, model = load_model_for_sampling(checkpoint)
-    counts = sample_counts(run, per_count)["counts"]
-    targets = [tuple(row) for row in counts.tolist()]
-    with torch.no_grad():
-        images = generate(family, run, model, targets, settings, batch_size)
-    return {key: float(value) for key, value in family.evaluate(images, {"counts": counts}).items()}
+    scores = family.evaluate_model(model, run, settings, per_count, batch_size)
+    return {key: float(value) for key, value in scores.items()}
 
 
 def training_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:

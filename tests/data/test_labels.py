@@ -88,7 +88,7 @@ def test_unknown_convention_is_config_error() -> None:
 
 
 def test_num_counts() -> None:
-    assert [c.num_counts for c in LabelConvention] == [1, 2, 1]
+    assert [c.num_counts for c in LabelConvention] == [1, 2, 1, 0]
 
 
 def test_object_index_map_sorted_positions_and_json_round_trip() -> None:
