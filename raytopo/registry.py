@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from raytopo.errors import ConfigError
@@ -37,6 +38,17 @@ def _tdn(name: str, conditioned: bool, topology: bool) -> Callable[[], Any]:
     return factory
 
 
+def _lazy(module: str, class_name: str) -> Callable[[], Any]:
+    """A factory that imports ``module`` only when the family is first used (keeps ``import raytopo`` light)."""
+
+    def factory() -> Any:
+        return getattr(importlib.import_module(module), class_name)()
+
+    return factory
+
+
 register("adm", _tdn("adm", conditioned=False, topology=False))
 register("adm_t", _tdn("adm_t", conditioned=True, topology=False))
 register("tdn", _tdn("tdn", conditioned=True, topology=True))
+register("equivariant", _lazy("raytopo.families.equivariant", "EquivariantFamily"))
+register("topovae", _lazy("raytopo.families.topovae", "TopoVAEFamily"))
