@@ -325,7 +325,7 @@ class UNetModel(nn.Module):
     ) -> Tensor:
         """Predict the model output for ``x_t`` at ``timesteps``; see the module docstring for shapes."""
         self._check_input(x, timesteps)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
         emb = emb + self._condition_embedding(x.shape[0], counts, objects, classes, emb)
         skips = []
         h = x
