@@ -14,6 +14,24 @@ from raytopo.commands.demo import DemoArgs
 from raytopo.errors import RaytopoError
 
 
+class _LazyChoices:
+    """argparse choices read from ``raytopo.diffusion.samplers`` on first use, so the CLI starts without torch."""
+
+    def __init__(self, attribute: str) -> None:
+        self.attribute = attribute
+
+    def _names(self) -> tuple[str, ...]:
+        from raytopo.diffusion import samplers
+
+        return tuple(getattr(samplers, self.attribute))
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
 def _dims(text: str) -> tuple[int, ...]:
     choices = {"0": (0,), "1": (1,), "both": (0, 1)}
     if text not in choices:
@@ -46,7 +64,7 @@ def _sample(args: argparse.Namespace) -> int:
     from raytopo.commands.sample import SampleArgs, run_sample
 
     return run_sample(SampleArgs(args.checkpoint, args.counts, args.per_count, args.out, args.sampler, args.steps,
-                                 args.eta, args.seed, args.batch_size))
+                                 args.eta, args.seed, args.batch_size, args.schedule, args.rho))
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
@@ -74,6 +92,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(DemoArgs(out=args.out, address=args.address, num_actors=args.actors,
                              pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
                              per_count=args.per_count))
+
+
+def _pointcloud(args: argparse.Namespace) -> int:
+    from raytopo.commands.pointcloud import PointCloudArgs, run_pointcloud
+
+    return run_pointcloud(PointCloudArgs(args.preset, args.out, args.points, args.target_points, args.steps, args.lr,
+                                         args.weights, args.frame_every, args.seed, args.scale, not args.no_push0))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="count-conditioned families: target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
     sample.add_argument("--per-count", type=int, default=4,
                         help="samples per target count, or in total for families without counts (default 4)")
-    sample.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    sample.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default="ddim", metavar="NAME",
+                        help="%(choices)s (default ddim); none uses a learned variance: ddpm samples with the "
+                             "posterior variance")
     sample.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    sample.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
+    sample.add_argument("--eta", type=float, default=None,
+                        help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
+    sample.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default="default", metavar="NAME",
+                        help="sigmas: default (the model's own evenly strided steps) or karras (eq. 5 of Karras"
+                             " et al. 2022)")
+    sample.add_argument("--rho", type=float, default=7.0, help="karras schedule exponent (default 7)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=16)
     sample.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and grid.png")
@@ -168,6 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="steps of ADM-T and of TDN after pre-training (identical budgets)")
     demo.add_argument("--per-count", type=int, default=DemoArgs.per_count, help="samples per count 1..5")
     demo.set_defaults(run=_demo)
+
+    pointcloud = commands.add_parser(
+        "pointcloud", help="deform a 2-D point cloud towards a target's topology (Topo-GEN demos); exit 1 if not reached")
+    pointcloud.add_argument("preset", help="clusters5to3, clusters2to4, segments_to_circle, or custom")
+    pointcloud.add_argument("--out", type=Path, required=True, help="folder for frames, GIF, points.npy, summary.json")
+    pointcloud.add_argument("--points", type=Path, default=None, help="initial cloud: JSON [[x, y], ...] or .npy [N, 2]")
+    pointcloud.add_argument("--target-points", type=Path, default=None, help="target cloud, same formats")
+    pointcloud.add_argument("--steps", type=int, default=None, help="Adam steps (default: the preset's)")
+    pointcloud.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
+    pointcloud.add_argument("--weights", default=None, metavar="W1,...,W7",
+                            help="bottleneck0,bottleneck1,persentropy0,persentropy1,dsigma0,dsigma1,density")
+    pointcloud.add_argument("--frame-every", type=int, default=None, help="steps between frames (default: preset's)")
+    pointcloud.add_argument("--seed", type=int, default=0, help="seed of the preset's clouds (default 0)")
+    pointcloud.add_argument("--scale", type=float, default=None, help="check scale (default: from the target)")
+    pointcloud.add_argument("--no-push0", action="store_true", help="no push0 step when no loss applies")
+    pointcloud.set_defaults(run=_pointcloud)
     return parser
 
 

@@ -19,9 +19,11 @@ class SampleArgs:
     out: Path
     sampler: str = "ddim"
     steps: int = 50
-    eta: float = 0.0
+    eta: float | None = None  # None: the sampler's default (ddim 0, euler_ancestral 1)
     seed: int = 0
     batch_size: int = 16
+    schedule: str = "default"
+    rho: float = 7.0
 
 
 def parse_counts(text: str, counts_per_image: int) -> list[tuple[float, ...]]:
@@ -61,7 +63,8 @@ def run_sample(args: SampleArgs) -> int:
 
     if args.per_count < 1:
         raise InputError(f"--per-count: expected >= 1, got {args.per_count}")
-    settings = SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed)
+    settings = SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                               schedule=args.schedule, rho=args.rho)
     family, run, model = load_model_for_sampling(args.checkpoint)
     if run.data.has_counts:
         if args.counts is None:

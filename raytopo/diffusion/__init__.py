@@ -1,5 +1,6 @@
 """Gaussian diffusion (improved-diffusion semantics): schedules, training losses, DDPM/DDIM sampling,
-timestep respacing and timestep importance sampling. numpy/torch only; never imports ray."""
+timestep respacing and timestep importance sampling; the sampler library over denoisers (samplers.py,
+denoisers.py). numpy/torch only; never imports ray."""
 
 from raytopo.diffusion.gaussian import (
     DiffusionConfig,
@@ -9,6 +10,8 @@ from raytopo.diffusion.gaussian import (
     normal_kl,
 )
 from raytopo.diffusion.respace import SpacedDiffusion, build_diffusion, space_timesteps
+from raytopo.diffusion.samplers import SAMPLERS, Denoiser, karras_sigmas, sample, vp_sigmas
+from raytopo.diffusion.denoisers import DiscreteVPDenoiser
 from raytopo.diffusion.schedules import cosine_betas, linear_betas, named_betas
 from raytopo.diffusion.timestep_sampler import (
     LossSecondMomentSampler,
@@ -18,7 +21,10 @@ from raytopo.diffusion.timestep_sampler import (
 )
 
 __all__ = [
+    "SAMPLERS",
     "DiffusionConfig",
+    "Denoiser",
+    "DiscreteVPDenoiser",
     "GaussianDiffusion",
     "LossSecondMomentSampler",
     "SpacedDiffusion",
@@ -27,10 +33,13 @@ __all__ = [
     "build_diffusion",
     "cosine_betas",
     "discretized_gaussian_log_likelihood",
+    "karras_sigmas",
     "linear_betas",
     "mean_flat",
     "named_betas",
     "named_sampler",
     "normal_kl",
+    "sample",
     "space_timesteps",
+    "vp_sigmas",
 ]

@@ -7,7 +7,7 @@ params:                                 # dotted keys -> one distribution each
   model.topo.weight: {loguniform: [1.0e-5, 1.0e-2]}
   model.topo.noisy: {choice: [true, false]}
   train.lr: {loguniform: [1.0e-4, 1.0e-3]}
-  sample.steps: {grid: [25, 50]}        # sample.*: how each trial's samples are drawn for its evaluation
+  sample.steps: {grid: [25, 50]}        # sample.*: SamplerSettings fields for each trial's evaluation samples
 metric: dim0_conn4_accuracy             # a training metric (loss, mse, ...) or an evaluation key
 mode: max
 scheduler: asha                         # or fifo, or {name: asha, metric: loss, mode: min, grace_period: 50}
@@ -15,7 +15,7 @@ search: random                          # or optuna (needs the optuna package)
 num_samples: 8
 max_concurrent_trials: null             # null: as many as the cluster's CPUs hold
 resources: {num_workers: 1, cpus_per_worker: 1.0, persistence_actors: 2, cpus_per_actor: 0.5}
-sample: {sampler: ddim, steps: 50, eta: 0.0, seed: 0}
+sample: {name: heun, steps: 50, schedule: karras}  # SamplerSettings fields (raytopo.families.sampling)
 eval: {per_count: 4, batch_size: 16}
 ```
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from raytopo.config import from_dict, load_yaml
+from raytopo.config import from_dict, load_yaml, to_dict
 from raytopo.errors import ConfigError
 from raytopo.families.sampling import SamplerSettings
 from raytopo.train.config import RunConfig, parse_run_config
@@ -102,22 +102,6 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
-class SampleSpec:
-    """How each trial samples for its evaluation (``sample.*`` params override these per trial)."""
-
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.settings()  # SamplerSettings validates steps and eta
-
-    def settings(self) -> SamplerSettings:
-        return SamplerSettings(name=self.sampler, steps=self.steps, eta=self.eta, seed=self.seed)
-
-
-@dataclass(frozen=True)
 class EvalSpec:
     """End-of-trial evaluation: ``per_count`` samples for each target count min..max of the data."""
 
@@ -173,7 +157,7 @@ class TuneSpace:
     num_samples: int = 1
     max_concurrent_trials: int | None = None
     resources: ResourceSpec = field(default_factory=ResourceSpec)
-    sample: SampleSpec = field(default_factory=SampleSpec)
+    sample: SamplerSettings = field(default_factory=SamplerSettings)
     eval: EvalSpec = field(default_factory=EvalSpec)
     storage_path: str = "runs/tune"
 
@@ -206,7 +190,7 @@ class TuneSpace:
         """The sampler settings of one trial: ``sample`` with the trial's ``sample.*`` params applied."""
         chosen = {key[len(SAMPLE_PREFIX):]: value for key, value in config.items()
                   if key in self.params and key.startswith(SAMPLE_PREFIX)}
-        return from_dict(SampleSpec, {**_plain(self.sample), **chosen}, "sample").settings()
+        return from_dict(SamplerSettings, {**to_dict(self.sample), **chosen}, "sample")
 
     def searched(self) -> list[str]:
         return list(self.params)
@@ -255,7 +239,7 @@ def parse_space(data: Mapping[str, Any], root: Path = Path(".")) -> TuneSpace:
         max_concurrent_trials=None if data.get("max_concurrent_trials") is None
         else _positive(data["max_concurrent_trials"], "max_concurrent_trials"),
         resources=resources,
-        sample=from_dict(SampleSpec, data.get("sample"), "sample"),
+        sample=from_dict(SamplerSettings, data.get("sample"), "sample"),
         eval=from_dict(EvalSpec, data.get("eval"), "eval"),
         storage_path=_text(data.get("storage_path", "runs/tune"), "storage_path"),
     )
@@ -328,7 +312,7 @@ def _check_value(space: TuneSpace, key: str, value: Any) -> None:
     where = f"params.{key}"
     if key.startswith(SAMPLE_PREFIX):
         name = key[len(SAMPLE_PREFIX):]
-        allowed = [f.name for f in fields(SampleSpec)]
+        allowed = [f.name for f in fields(SamplerSettings)]
         if name not in allowed:
             raise ConfigError(f"{where}: unknown sampling setting; allowed: {', '.join(SAMPLE_PREFIX + a for a in allowed)}")
         try:
@@ -473,10 +457,6 @@ def _positive(value: Any, where: str) -> int:
     return value
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
-__all__ = ["Distribution", "TuneSpace", "SchedulerSpec", "SampleSpec", "EvalSpec", "ResourceSpec", "load_space",
+__all__ = ["Distribution", "TuneSpace", "SchedulerSpec", "EvalSpec", "ResourceSpec", "load_space",
            "parse_space", "parse_distribution", "validate_space", "reported_metrics", "scheduler_metric",
            "set_dotted", "DISTRIBUTIONS"]

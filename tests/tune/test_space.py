@@ -41,7 +41,7 @@ def test_space_parses_to_tune_distributions(tmp_path):
         "train.lr": {"uniform": ["1e-4", 1.0e-3]},          # YAML 1.1 reads 1e-4 as text: accepted as a number
         "train.batch_size": {"randint": [2, 5]},
         "model.topo.noisy": {"choice": [True, False]},
-        "sample.sampler": {"grid": ["ddim", "ddpm"]}})
+        "sample.name": {"grid": ["ddim", "heun"]}})
     space = parse_space(data)
     tune_space = space.param_space()
     assert isinstance(tune_space["model.topo.weight"], Float)
@@ -49,16 +49,16 @@ def test_space_parses_to_tune_distributions(tmp_path):
     assert isinstance(tune_space["train.batch_size"], Integer)
     assert (tune_space["train.batch_size"].lower, tune_space["train.batch_size"].upper) == (2, 5)
     assert isinstance(tune_space["model.topo.noisy"], Categorical)
-    assert tune_space["sample.sampler"] == {"grid_search": ["ddim", "ddpm"]}
+    assert tune_space["sample.name"] == {"grid_search": ["ddim", "heun"]}
     # A trial's sampled values land in its run config and sampler; sample.* never reaches the run config.
     trial = {"model.topo.weight": 0.02, "train.lr": 3e-4, "train.batch_size": 3, "model.topo.noisy": False,
-             "sample.sampler": "ddpm"}
+             "sample.name": "heun"}
     run = space.run_config(trial, storage_path=str(tmp_path / "trial"), name="train")
     assert run.model["topo"]["weight"] == 0.02 and run.model["topo"]["noisy"] is False
     assert run.train.lr == 3e-4 and run.train.batch_size == 3
     assert run.run_dir == (tmp_path / "trial" / "train").resolve()
     assert "sample" not in run.to_plain()
-    assert space.sampler(trial).name == "ddpm" and space.sampler(trial).steps == 5
+    assert space.sampler(trial).name == "heun" and space.sampler(trial).steps == 5
     # resources go into the ray section of every trial
     assert (run.ray.num_workers, run.ray.cpus_per_worker, run.ray.persistence_actors) == (1, 0.5, 1)
 
@@ -90,7 +90,9 @@ def test_base_path_is_relative_to_the_space_file(tmp_path):
     ({"model.topo.weight": {"uniform": [-1.0, 1.0]}}, "params.model.topo.weight"),   # out-of-range bound
     ({"train.steps": {"uniform": [10, 20]}}, "params.train.steps"),                  # int field, float interior
     ({"model.topo.selection": {"choice": ["match", "best"]}}, "params.model.topo.selection"),
-    ({"sample.sampler": {"choice": ["ddim", "euler"]}}, "params.sample.sampler"),
+    ({"sample.name": {"choice": ["ddim", "pdm"]}}, "params.sample.name"),          # not a registered sampler
+    ({"sample.sampler": {"choice": ["ddim"]}}, "params.sample.sampler"),             # the field is sample.name
+    ({"sample.schedule": {"choice": ["karras", "linear"]}}, "params.sample.schedule"),
     ({"sample.steps": {"choice": [0]}}, "params.sample.steps"),
     ({"sample.guidance": {"choice": [1.0]}}, "params.sample.guidance"),
 ])

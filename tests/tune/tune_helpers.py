@@ -37,7 +37,7 @@ def tiny_space(storage: Path, **changes: Any) -> dict[str, Any]:
         # 0.5 + 0.25 + 0.25 = 1 CPU per trial: two trials run side by side on the 2-CPU test cluster.
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "persistence_actors": 1, "cpus_per_actor": 0.25,
                       "driver_cpus": 0.25},
-        "sample": {"sampler": "ddim", "steps": 5},
+        "sample": {"name": "ddim", "steps": 5},
         "eval": {"per_count": 1, "batch_size": 8},
         "storage_path": str(storage / "tune"),
     }
