@@ -67,6 +67,14 @@ def _sample(args: argparse.Namespace) -> int:
                                  args.eta, args.seed, args.batch_size, args.schedule, args.rho))
 
 
+def _score(args: argparse.Namespace) -> int:
+    from raytopo.commands.score import ScoreArgs, run_score
+    from raytopo.commands.sample import sampler_settings
+
+    return run_score(ScoreArgs(args.checkpoint, sampler_settings(args), args.per_count, args.batch_size, args.json,
+                               args.out))
+
+
 def _data_shapes(args: argparse.Namespace) -> int:
     from raytopo.commands.data import ShapesArgs, run_shapes
 
@@ -99,6 +107,22 @@ def _pointcloud(args: argparse.Namespace) -> int:
 
     return run_pointcloud(PointCloudArgs(args.preset, args.out, args.points, args.target_points, args.steps, args.lr,
                                          args.weights, args.frame_every, args.seed, args.scale, not args.no_push0))
+
+
+def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler flags shared by `sample` and `score` (fields of SamplerSettings, plus the batch size)."""
+    parser.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default="ddim", metavar="NAME",
+                        help="%(choices)s (default ddim); none uses a learned variance: ddpm samples with the "
+                             "posterior variance")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
+    parser.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default="default", metavar="NAME",
+                        help="sigmas: default (the model's own evenly strided steps) or karras (eq. 5 of Karras"
+                             " et al. 2022)")
+    parser.add_argument("--rho", type=float, default=7.0, help="karras schedule exponent (default 7)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,20 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="count-conditioned families: target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
     sample.add_argument("--per-count", type=int, default=4,
                         help="samples per target count, or in total for families without counts (default 4)")
-    sample.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default="ddim", metavar="NAME",
-                        help="%(choices)s (default ddim); none uses a learned variance: ddpm samples with the "
-                             "posterior variance")
-    sample.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    sample.add_argument("--eta", type=float, default=None,
-                        help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
-    sample.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default="default", metavar="NAME",
-                        help="sigmas: default (the model's own evenly strided steps) or karras (eq. 5 of Karras"
-                             " et al. 2022)")
-    sample.add_argument("--rho", type=float, default=7.0, help="karras schedule exponent (default 7)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=16)
+    _add_sampler_arguments(sample)
     sample.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and grid.png")
     sample.set_defaults(run=_sample)
+
+    score = commands.add_parser("score", help="a checkpoint's evaluation by its family (the metrics Tune reports)")
+    score.add_argument("checkpoint", type=Path, help="a checkpoint directory written by raytopo train")
+    score.add_argument("--per-count", type=int, default=8,
+                       help="evaluation size: samples per target count (tdn), per evaluation batch, ... (default 8)")
+    _add_sampler_arguments(score)
+    score.add_argument("--json", action="store_true", help="print JSON instead of one line per metric")
+    score.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
+    score.set_defaults(run=_score)
 
     data = commands.add_parser("data", help="make or pack datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)

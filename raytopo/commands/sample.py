@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from raytopo.errors import InputError
+
+if TYPE_CHECKING:
+    from raytopo.families.sampling import SamplerSettings
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,14 @@ class SampleArgs:
     batch_size: int = 16
     schedule: str = "default"
     rho: float = 7.0
+
+
+def sampler_settings(args: Any) -> "SamplerSettings":
+    """SamplerSettings from parsed flags (``sampler``, ``steps``, ``eta``, ``seed``, ``schedule``, ``rho``)."""
+    from raytopo.families.sampling import SamplerSettings
+
+    return SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                           schedule=args.schedule, rho=args.rho)
 
 
 def parse_counts(text: str, counts_per_image: int) -> list[tuple[float, ...]]:
@@ -59,12 +71,9 @@ def load_model_for_sampling(checkpoint: Path):
 
 
 def run_sample(args: SampleArgs) -> int:
-    from raytopo.families.sampling import SamplerSettings
-
     if args.per_count < 1:
         raise InputError(f"--per-count: expected >= 1, got {args.per_count}")
-    settings = SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                               schedule=args.schedule, rho=args.rho)
+    settings = sampler_settings(args)
     family, run, model = load_model_for_sampling(args.checkpoint)
     if run.data.has_counts:
         if args.counts is None:

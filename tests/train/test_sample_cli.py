@@ -72,3 +72,25 @@ def test_sample_writes_named_masks_and_a_grid_deterministically(checkpoint, tmp_
     assert result["n"] == 4
     histogram = result["measures"]["dim0_conn4"]["histogram"]
     assert {int(k): v["true"] for k, v in histogram.items() if v["true"]} == {1: 2, 3: 2}
+
+
+
+def test_score_agrees_with_sampling_then_evaluating_the_files(checkpoint, tmp_path):
+    """`raytopo score` (in memory) and `raytopo sample` + `raytopo evaluate` (via PNG files) give one result."""
+    from raytopo.commands.evaluate import flat_metrics
+
+    flags = ["--per-count", "2", "--steps", "4", "--seed", "5", "--batch-size", "3"]
+    assert cli.main(["score", str(checkpoint), *flags, "--out", str(tmp_path / "score.json")]) == 0
+    scored = json.loads((tmp_path / "score.json").read_text())
+    assert cli.main(["sample", str(checkpoint), "--counts", "1,2,3", *flags, "--out", str(tmp_path / "s")]) == 0
+    assert cli.main(["evaluate", str(tmp_path / "s"), "--out", str(tmp_path / "evaluated.json")]) == 0
+    evaluated = flat_metrics(json.loads((tmp_path / "evaluated.json").read_text()))
+    assert scored["family"] == "adm_t" and scored["sampler"]["seed"] == 5
+    assert scored["metrics"]["n"] == evaluated["n"] == 6
+    for key in ("dim0_conn4_accuracy", "dim0_conn4_mae", "dim0_conn8_accuracy"):
+        assert scored["metrics"][key] == pytest.approx(evaluated[key])
+
+
+def test_score_rejects_a_bad_evaluation_size(checkpoint, capsys):
+    assert cli.main(["score", str(checkpoint), "--per-count", "0"]) == 2
+    assert "--per-count: expected >= 1" in capsys.readouterr().err
