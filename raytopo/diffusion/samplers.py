@@ -58,14 +58,19 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     Float64, descending, length ``steps + 1``; one step is ``[sigma_max, 0]``.
     """
     _check_steps(steps)
+    sigmas = karras_ramp(torch.linspace(0.0, 1.0, steps, dtype=torch.float64), sigma_min, sigma_max, rho)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def karras_ramp(u: Tensor, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """sigma(u) = (sigma_max^(1/rho) + u (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho for positions u in [0, 1]
+    (Karras et al. 2022 eq. 5 with u = i / (N - 1)): u = 0 gives sigma_max, u = 1 gives sigma_min."""
     if not 0 < sigma_min < sigma_max:
         raise ConfigError(f"sigma_min/sigma_max: expected 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
     if not rho > 0:
         raise ConfigError(f"rho: expected a number > 0, got {rho!r}")
-    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
-    max_inv, min_inv = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
+    high, low = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (high + u * (low - high)) ** rho
 
 
 def vp_sigma_table(alphas_cumprod: Sequence[float] | np.ndarray | Tensor) -> Tensor:
