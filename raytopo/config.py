@@ -41,9 +41,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}" if path and not str(error).startswith(path) else str(error)) from None
+        raise ConfigError(_located(str(error), path, fields)) from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path or cls.__name__}: {error}") from None
+
+
+def _located(message: str, path: str, fields: Any) -> str:
+    """A dataclass's own error message placed under ``path``: ``n: ...`` -> ``path.n: ...`` for a field ``n``."""
+    if not path or message.startswith(path):
+        return message
+    field_name = message.split(":", 1)[0]
+    return f"{path}.{message}" if field_name in fields else f"{path}: {message}"
 
 
 def to_dict(obj: Any) -> Any:

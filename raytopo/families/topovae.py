@@ -66,35 +66,17 @@ from raytopo.topology.rips import rips_persistence
 
 REFERENCE_WEIGHTS: tuple[float, ...] = (10, 10, 10, 10, 0, 0, 0)   # topovae_experiments.py CLI default
 SPACES = ("outputs", "latents")
+RECONSTRUCTIONS = ("bce", "mse")
 HELD_OUT_SEED_OFFSET = 1_000_003     # evaluation images of generated sources: a seed training never uses
 PREVIEW_EXAMPLES = {True: 12, False: 8}   # fills a square grid of (input, vae, topovae) triplets / pairs
 PREVIEW_PRIOR = 16
 
 
 @dataclass(frozen=True)
-class VAESettings:
-    """``model.vae``: the network (image size and channels come from ``data``) and the reconstruction loss."""
-
-    n_latent: int = 10
-    c1: int = 32
-    c2: int = 64
-    hidden: int = 256
-    recon: Literal["bce", "mse"] = "bce"
-
-    def __post_init__(self) -> None:
-        for name in ("n_latent", "c1", "c2", "hidden"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.vae.{name}: expected an integer >= 1, got {value!r}")
-        if self.recon not in ("bce", "mse"):
-            raise ConfigError(f"model.vae.recon: expected bce or mse, got {self.recon!r}")
-
-
-@dataclass(frozen=True)
 class TopoVAEModelConfig:
     """The ``model:`` section as written; ``topo`` is parsed into `ParsedTopoVAE` (TopoRegulariserConfig + space)."""
 
-    vae: VAESettings = field(default_factory=VAESettings)
+    vae: dict[str, Any] = field(default_factory=dict)     # VAEConfig fields (size/channels from data) + recon
     topo: dict[str, Any] = field(default_factory=dict)
     compare: bool = True
 
@@ -165,10 +147,13 @@ class TopoVAEFamily:
                 f"train.grad_clip: expected null for family 'topovae' with model.compare true (global norm clipping "
                 f"would couple the VAE and TopoVAE), got {run.train.grad_clip}"
             )
-        v = model.vae
-        network = VAEConfig(image_size=run.data.image_size, in_channels=run.data.channels, c1=v.c1, c2=v.c2,
-                            hidden=v.hidden, n_latent=v.n_latent)
-        return ParsedTopoVAE(network, v.recon, topo, space, model.compare)
+        network_fields = dict(model.vae)
+        recon = network_fields.pop("recon", "bce")
+        if recon not in RECONSTRUCTIONS:
+            raise ConfigError(f"model.vae.recon: expected one of {', '.join(RECONSTRUCTIONS)}, got {recon!r}")
+        network = from_dict(VAEConfig, {**network_fields, "image_size": run.data.image_size,
+                                        "in_channels": run.data.channels}, "model.vae")
+        return ParsedTopoVAE(network, recon, topo, space, model.compare)
 
     def setup(self, run: Any) -> dict[str, Any]:
         parsed = self.parse(run)

@@ -50,7 +50,7 @@ def test_yaml_scalars_are_coerced_to_annotated_types():
         ({"steps": 1.5}, "steps: expected a whole number, got 1.5"),
         ({"flag": "maybe"}, "flag: expected true or false"),
         ({"inner": {"mode": "topc"}}, "inner.mode: expected one of 'match', 'count', got 'topc'"),
-        ({"inner": {"lr": -1}}, "inner: lr: expected > 0, got -1"),
+        ({"inner": {"lr": -1}}, "inner.lr: expected > 0, got -1"),
         ({"inner": {"bogus": 1}}, "inner.bogus: unknown setting"),
         ({"inner": 3}, "inner: expected a mapping"),
     ],
