@@ -379,9 +379,8 @@ class EquivariantFamily:
     @torch.no_grad()
     def _sampler_error(self, model: nn.Module, run: Any, settings: Any, cond: Mapping[str, Tensor]) -> float:
         """Equivariance error of the whole (deterministic) sampler over 4 initial noises."""
-        from raytopo.diffusion.samplers import sample
         from raytopo.eval.equivariance import deterministic_settings, sampler_equivariance_error
-        from raytopo.families.sampling import schedule_sigmas
+        from raytopo.families.sampling import sample_from, schedule_sigmas
 
         parsed = self.parse(run)
         chosen = deterministic_settings(settings)
@@ -391,11 +390,10 @@ class EquivariantFamily:
         generator = torch.Generator(device=parameter.device).manual_seed(chosen.seed)
         shape = (4, parsed.channels, parsed.unet.image_size, parsed.unet.image_size)
         x_T = torch.randn(shape, generator=generator, device=parameter.device) * sigmas[0]
-        eta = {"eta": chosen.eta} if chosen.eta is not None else {}
 
         def run_sampler(x: Tensor) -> Tensor:
             denoiser.reset()
-            return sample(chosen.name, denoiser, x, sigmas, **eta)
+            return sample_from(denoiser, x, sigmas, chosen)
 
         with _eval_mode(model):
             return sampler_equivariance_error(run_sampler, x_T, parsed.group)

@@ -81,6 +81,12 @@ def sample_with(denoiser: ScheduledDenoiser, shape: Sequence[int], settings: Sam
     sigmas = schedule_sigmas(denoiser, settings).to(device=device, dtype=dtype)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     x = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * sigmas[0]
+    return sample_from(denoiser, x, sigmas, settings, generator)
+
+
+def sample_from(denoiser: ScheduledDenoiser, x: torch.Tensor, sigmas: torch.Tensor, settings: SamplerSettings,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """``settings``' sampler run from ``x`` (initial noise already scaled by ``sigmas[0]``) over ``sigmas``."""
     eta = {"eta": settings.eta} if settings.eta is not None and settings.name in USES_ETA else {}
     with torch.no_grad():
         return sample(settings.name, denoiser, x, sigmas, generator=generator, **eta)
