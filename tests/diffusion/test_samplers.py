@@ -33,13 +33,7 @@ STOCHASTIC = (("ddpm", 1.0), ("euler_ancestral", 1.0), ("ddim", 0.5))
 assert set(ODE) | {name for name, _ in STOCHASTIC} | {"onestep"} == set(SAMPLERS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These loops run thousands of small ops: one intra-op thread avoids oversubscribing a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

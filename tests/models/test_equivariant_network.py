@@ -31,13 +31,7 @@ TINY = UNetConfig(image_size=16, in_channels=1, model_channels=32, channel_mult=
 EXACT = 1e-5  # float32 rounding through the network is about 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU convolutions run far faster on one thread than on two threads of a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @cache
