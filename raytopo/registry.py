@@ -29,26 +29,17 @@ def get_family(name: str) -> Any:
     return _INSTANCES[name]
 
 
-def _tdn(name: str, conditioned: bool, topology: bool) -> Callable[[], Any]:
-    def factory() -> Any:
-        from raytopo.families.tdn import TDNFamily
-
-        return TDNFamily(name, conditioned=conditioned, topology=topology)
-
-    return factory
-
-
-def _lazy(module: str, class_name: str) -> Callable[[], Any]:
+def _lazy(module: str, class_name: str, **kwargs: Any) -> Callable[[], Any]:
     """A factory that imports ``module`` only when the family is first used (keeps ``import raytopo`` light)."""
 
     def factory() -> Any:
-        return getattr(importlib.import_module(module), class_name)()
+        return getattr(importlib.import_module(module), class_name)(**kwargs)
 
     return factory
 
 
-register("adm", _tdn("adm", conditioned=False, topology=False))
-register("adm_t", _tdn("adm_t", conditioned=True, topology=False))
-register("tdn", _tdn("tdn", conditioned=True, topology=True))
+register("adm", _lazy("raytopo.families.tdn", "TDNFamily", name="adm", conditioned=False, topology=False))
+register("adm_t", _lazy("raytopo.families.tdn", "TDNFamily", name="adm_t", conditioned=True, topology=False))
+register("tdn", _lazy("raytopo.families.tdn", "TDNFamily", name="tdn", conditioned=True, topology=True))
 register("equivariant", _lazy("raytopo.families.equivariant", "EquivariantFamily"))
 register("topovae", _lazy("raytopo.families.topovae", "TopoVAEFamily"))
