@@ -50,8 +50,8 @@ def sample_in_batches(family: "Family", model: torch.nn.Module, run: Any, n: int
                       cond: Mapping[str, torch.Tensor], sampler: Any, batch_size: int) -> torch.Tensor:
     """``n`` samples drawn ``batch_size`` at a time (``cond`` tensors sliced along the batch).
 
-    Batch ``k`` starting at row ``start`` uses seed ``sampler.seed + start``, so the images do not depend on
-    ``batch_size`` only through the seed offsets and a rerun reproduces them exactly.
+    The batch starting at row ``start`` uses seed ``sampler.seed + start``, so a rerun with the same seed and
+    ``batch_size`` reproduces the images exactly.
     """
     chunks = []
     for start in range(0, n, batch_size):
