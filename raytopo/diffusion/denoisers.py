@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from raytopo.diffusion.gaussian import GaussianDiffusion
+from raytopo.errors import ConfigError
 from raytopo.diffusion.samplers import sigma_to_timestep, vp_sigma_table, vp_sigmas
 
 
@@ -26,8 +27,8 @@ class DiscreteVPDenoiser:
     2. t = the diffusion step whose sigma_t = sqrt((1 - abar_t)/abar_t) is nearest to sigma in log sigma. This is
        exact on a `vp_sigmas` grid (the default ``sigmas(steps)``); off the grid (e.g. a Karras schedule) the
        network sees the nearest step it was trained on;
-    3. the network output's mean channels (a learned variance's channels are dropped: library samplers never use
-       it) give x0 = x - sigma * eps for an epsilon model, or x0 directly for an x0 model;
+    3. the network output's mean channels give x0 = x - sigma * eps for an epsilon model, or x0 directly for an
+       x0 model; a learned variance's channels are used only by ``ddpm_learned`` (`with_variance`);
     4. x0 is clamped to [-1, 1] when ``clip`` (as GaussianDiffusion's ``clip``).
     """
 
@@ -58,13 +59,25 @@ class DiscreteVPDenoiser:
         return sigma_to_timestep(sigma, self.sigma_table)
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self._denoise(x, sigma)[0]
+
+    def with_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(x0 estimate, f): f = (v + 1) / 2 from the learned-variance channels v (iDDPM eq. 15), as
+        ``sample_ddpm_learned`` takes it. A model without learned variance is a ConfigError."""
+        x0, var_values = self._denoise(x, sigma)
+        if var_values is None:
+            raise ConfigError(f"sampler ddpm_learned: the model has no learned variance (var_type "
+                              f"{self.diffusion.var_type!r}); expected var_type learned_range")
+        return x0, (var_values + 1.0) / 2.0
+
+    def _denoise(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
         scale = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         x_vp = x / torch.sqrt(1.0 + scale**2)
         t = self.timesteps(sigma)
         output = self.diffusion.call_model(self.model, x_vp, t, self.model_kwargs)
-        mean_part, _ = self.diffusion.split_output(output, x_vp)
+        mean_part, var_values = self.diffusion.split_output(output, x_vp)
         x0 = x - scale * mean_part if self.diffusion.mean_type == "epsilon" else mean_part
-        return x0.clamp(-1.0, 1.0) if self.clip else x0
+        return (x0.clamp(-1.0, 1.0) if self.clip else x0), var_values
 
 
 __all__ = ["DiscreteVPDenoiser"]

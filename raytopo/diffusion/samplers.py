@@ -16,7 +16,8 @@ Every sampler is a plain function with one signature::
 The probability-flow ODE (Karras et al. 2022, "EDM", eq. 4 with sigma(t) = t) is dx/dsigma = (x - D(x; sigma)) /
 sigma. Deterministic samplers (eta is ignored): ``euler``, ``heun``, ``dpm2``, ``dpmpp_2m``, ``onestep``, and
 ``ddim`` at eta 0. Stochastic samplers: ``ddim`` (eta in [0, 1], default 0), ``euler_ancestral`` (eta >= 0,
-default 1) and ``ddpm`` (always the full posterior noise; eta is ignored).
+default 1), ``ddpm`` (always the full posterior noise; eta is ignored) and ``ddpm_learned`` (ancestral sampling
+with the model's own learned variance, iDDPM eq. 15, for denoisers that have one: `VarianceDenoiser`).
 
 In the VE variables three of the classic samplers are one update (`ancestral_update`): DDIM (Song et al. 2021,
 eq. 12) with eta is k-diffusion's ``euler_ancestral`` with the same eta; eta = 0 is the Euler step of the ODE;
@@ -40,6 +41,18 @@ from raytopo.errors import ConfigError, InputError
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor], None]
 SCHEDULES: tuple[str, ...] = ("default", "karras")
+
+
+class VarianceDenoiser(Protocol):
+    """A denoiser that also gives the learned variance of the reverse step (iDDPM's ``learned_range`` models).
+
+    ``with_variance(x, sigma) -> (x0 estimate, f)`` where ``f = (v + 1) / 2`` is the interpolation fraction of
+    Nichol & Dhariwal 2021, eq. 15: log Sigma = f log beta_t + (1 - f) log beta~_t, per element.
+    """
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
+
+    def with_variance(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 class SamplerFn(Protocol):
@@ -305,9 +318,46 @@ def sample_ddpm(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator: tor
     return ancestral_update(denoiser, x, sigmas, 1.0, generator, callback)
 
 
+def sample_ddpm_learned(denoiser: VarianceDenoiser, x: Tensor, sigmas: Tensor, *,
+                        generator: torch.Generator | None = None, eta: float = 1.0,
+                        callback: Callback | None = None) -> Tensor:
+    """Ancestral DDPM with the model's learned variance (Nichol & Dhariwal 2021, eq. 15), on any sigma grid.
+
+    Between consecutive sigmas the step is the VP step with abar = 1 / (1 + sigma^2): beta = 1 - abar / abar'
+    (the respaced beta of iDDPM's ``SpacedDiffusion``) and beta~ = beta (1 - abar') / (1 - abar) (Ho et al. 2020,
+    eq. 7). The mean is the posterior mean at x0 = D (as `sample_ddpm`); the VP variance is
+    exp(f log beta + (1 - f) log beta~) with the denoiser's fraction f, i.e. a VE noise scale of
+    sqrt(Sigma / abar'). The last step (to sigma = 0) adds no noise. f = 0 everywhere is exactly `sample_ddpm`.
+    On a `vp_sigmas` grid this equals GaussianDiffusion's ``p_sample_loop`` respaced the same way (the
+    reference TDN sampler), noise draw for noise draw. Needs a `VarianceDenoiser`; eta is ignored.
+    """
+    if not callable(getattr(denoiser, "with_variance", None)):
+        raise ConfigError("sampler ddpm_learned: expected a model trained with a learned variance "
+                          "(model.diffusion.var_type: learned_range); use ddpm or ddim for this model")
+    sigmas = _prepared(x, sigmas)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, fraction = denoiser.with_variance(x, _at(sigma, x))
+        ratio = sigma_next**2 / sigma**2
+        mean = denoised + ratio * (x - denoised)
+        noise = _noise(x, generator)
+        if sigma_next > 0:
+            abar, abar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+            beta = 1 - abar / abar_next
+            beta_tilde = beta * (1 - abar_next) / (1 - abar)
+            log_variance = fraction * beta.log() + (1 - fraction) * beta_tilde.log()
+            x = mean + torch.exp(0.5 * log_variance) * (1 + sigma_next**2).sqrt() * noise
+        else:
+            x = mean
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
 SAMPLERS: dict[str, SamplerFn] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
+    "ddpm_learned": sample_ddpm_learned,
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
     "heun": sample_heun,
@@ -324,7 +374,7 @@ def is_deterministic(name: str, eta: float | None = None) -> bool:
     """Whether ``name`` with ``eta`` (None: the sampler's default) draws no fresh noise: ddpm never is; ddim and
     euler_ancestral are at eta 0; every other sampler always is."""
     check_sampler_name(name)
-    if name == "ddpm":
+    if name in ("ddpm", "ddpm_learned"):
         return False
     if name in USES_ETA:
         default = inspect.signature(SAMPLERS[name]).parameters["eta"].default
@@ -354,5 +404,6 @@ def denoiser_calls(name: str, steps: int) -> int:
 
 __all__ = ["Denoiser", "SamplerFn", "SAMPLERS", "SCHEDULES", "USES_ETA", "ancestral_step", "ancestral_update",
            "check_sampler_name", "denoiser_calls", "is_deterministic", "karras_sigmas", "sample", "sample_ddim", "sample_ddpm",
+           "sample_ddpm_learned", "VarianceDenoiser",
            "sample_dpm2", "sample_dpmpp_2m", "sample_euler", "sample_euler_ancestral", "sample_heun",
            "sample_onestep", "sigma_to_timestep", "to_d", "vp_sigma_table", "vp_sigmas", "vp_timesteps"]

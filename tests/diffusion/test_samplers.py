@@ -29,7 +29,7 @@ S = torch.tensor([0.5, 0.5], dtype=D)
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 N = 20_000
 ODE = ("euler", "heun", "dpm2", "dpmpp_2m", "ddim")          # ddim at its default eta 0
-STOCHASTIC = (("ddpm", 1.0), ("euler_ancestral", 1.0), ("ddim", 0.5))
+STOCHASTIC = (("ddpm", 1.0), ("ddpm_learned", 1.0), ("euler_ancestral", 1.0), ("ddim", 0.5))
 assert set(ODE) | {name for name, _ in STOCHASTIC} | {"onestep"} == set(SAMPLERS)
 
 
@@ -40,6 +40,10 @@ def gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """E[x0 | x0 + sigma eps = x] for x0 ~ N(MU, S^2) per dimension: MU + S^2 / (S^2 + sigma^2) (x - MU)."""
     sigma = sigma[:, None]
     return MU + S**2 / (S**2 + sigma**2) * (x - MU)
+
+
+# As a learned-variance model that always picks the posterior variance beta~ (f = 0): ddpm_learned is then ddpm.
+gaussian_denoiser.with_variance = lambda x, sigma: (gaussian_denoiser(x, sigma), torch.zeros_like(x))
 
 
 def exact_flow(x: torch.Tensor) -> torch.Tensor:
@@ -181,11 +185,60 @@ def test_library_ddpm_reproduces_ancestral_ddpm_with_the_posterior_variance():
     assert (other - got).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("var_type, mean_type", [("learned_range", "epsilon"), ("learned_range", "x0")])
+def test_library_ddpm_learned_reproduces_ancestral_ddpm_with_the_learned_variance(var_type, mean_type):
+    """Same noise draws: ddpm_learned == p_sample_loop of a learned-variance model respaced to ddim10 (what the
+    TDN reference samples with), and it differs from the posterior-variance ddpm on the same draws."""
+    config, net, denoiser, sigmas, noise, x = _vp_setup(var_type, mean_type)
+    expected = build_diffusion(config, "ddim10").p_sample_loop(
+        net, noise.shape, noise=noise, generator=torch.Generator().manual_seed(7))
+    got = sample("ddpm_learned", denoiser, x, sigmas, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    posterior = sample_ddpm(denoiser, x, sigmas, generator=torch.Generator().manual_seed(7))
+    assert (posterior - got).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_ddpm_learned_step_has_the_interpolated_variance(fraction):
+    """One step from a fixed x with a constant fraction f: the draws have mean D + (s'^2/s^2)(x - D) and, in VP
+    terms, variance beta^f beta~^(1-f) (iDDPM eq. 15), beta = 1 - abar/abar', beta~ = beta (1-abar')/(1-abar)."""
+    sigma, sigma_next, n = 2.0, 0.7, 200_000
+    x = torch.full((n, 2), 1.3, dtype=D)
+
+    class Constant:
+        def __call__(self, x, s):
+            return torch.full_like(x, 0.25)
+
+        def with_variance(self, x, s):
+            return self(x, s), torch.full_like(x, fraction)
+
+    after_first_step = []
+    sample("ddpm_learned", Constant(), x, torch.tensor([sigma, sigma_next, 0.0], dtype=D),
+           generator=torch.Generator().manual_seed(0), callback=lambda i, x, d: after_first_step.append(x) if i == 0 else None)
+    out = after_first_step[0]
+    abar, abar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+    beta = 1 - abar / abar_next
+    beta_tilde = beta * (1 - abar_next) / (1 - abar)
+    vp_variance = beta**fraction * beta_tilde ** (1 - fraction)
+    mean = 0.25 + sigma_next**2 / sigma**2 * (1.3 - 0.25)
+    ve_std = math.sqrt(vp_variance / abar_next)
+    assert abs(out.mean().item() - mean) < 5 * ve_std / math.sqrt(2 * n)
+    assert abs(out.std().item() / ve_std - 1) < 0.01
+
+
+def test_ddpm_learned_needs_a_learned_variance():
+    config, net, denoiser, sigmas, noise, x = _vp_setup("fixed_small")
+    with pytest.raises(ConfigError, match="sampler ddpm_learned: the model has no learned variance"):
+        sample("ddpm_learned", denoiser, x, sigmas)
+    with pytest.raises(ConfigError, match="sampler ddpm_learned: expected a model trained with a learned variance"):
+        sample("ddpm_learned", lambda x, s: x, x, sigmas)
+
+
 # --- argument checks -----------------------------------------------------------------------------------------
 
 
 def test_unknown_sampler_lists_the_registered_names():
-    with pytest.raises(ConfigError, match="sampler: expected one of ddim, ddpm, euler, .*onestep, got 'pdm'"):
+    with pytest.raises(ConfigError, match="sampler: expected one of ddim, ddpm, ddpm_learned, euler, .*onestep, got 'pdm'"):
         sample("pdm", gaussian_denoiser, torch.zeros(2, 2), karras_sigmas(2, 0.1, 1.0))
 
 
