@@ -64,9 +64,11 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
         for step in range(start, run.train.steps):
             ctx.step = step
             ctx.generator.manual_seed(step_seed(run.train.seed, rank, step))
+            for group in optimizer.param_groups:
+                group["lr"] = run.train.lr_at(step)
             metrics = train_step(model, family, next(batches), ctx, weights, optimizer,
                                  run.train.microbatches, run.train.grad_clip)
-            update_ema(ema, model, run.train.ema_rate)
+            update_ema(ema, model, run.train.ema_rate_at(step))
             done = step + 1
             _maybe_sample(family, ema, run, logger, done)
             if done % run.train.log_every == 0 or done % run.train.checkpoint_every == 0 or done == run.train.steps:
@@ -82,14 +84,15 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
 
 
 def limit_cpu_threads(run: RunConfig) -> None:
-    """Give torch as many intra-op threads as the worker reserved CPUs (at least one).
+    """Give torch as many intra-op threads as the worker reserved CPUs, rounded (at least one).
 
     torch defaults to every core of the machine; with persistence actors and other workers on the same
-    cores, oversubscribed threads made CPU steps ~13x slower in bench/tdn_step.py. Local mode
-    (num_workers 0) runs in the driver and keeps torch's default.
+    cores, oversubscribed threads made CPU steps ~13x slower in bench/tdn_step.py. Rounding lets a worker that
+    reserves 1.9 CPUs next to light actors (0.05 each) use 2 threads. Local mode (num_workers 0) runs in the
+    driver and keeps torch's default.
     """
     if run.ray.num_workers and not run.ray.use_gpu:
-        torch.set_num_threads(max(1, int(run.ray.cpus_per_worker)))
+        torch.set_num_threads(max(1, int(run.ray.cpus_per_worker + 0.5)))
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -102,7 +105,9 @@ def initialise_from(model: torch.nn.Module, path: str) -> None:
     from raytopo.errors import InputError
     from raytopo.models.adm.checkpoint import load_weights
 
-    source = Path(path)
+    from raytopo.pretrained import resolve
+
+    source = resolve(path)
     weights = load_checkpoint(source, with_optimizer=False).ema if source.is_dir() else _read_weights(source)
     report = load_weights(model, weights, strict=False, source=f"init_from {path}")
     if len(report.missing) == len(model.state_dict()):

@@ -5,7 +5,8 @@ resumed to 8 must give the same model, EMA and optimiser state as one run of 8 s
 make an epoch 3 steps long, so the resumed part starts mid-epoch (epoch 1, second batch) and the data
 iterator's position matters. The default run uses ``adm_t``; the ``tdn`` variant (L_topo computed by the
 persistence actors) is marked slow because every run starts a pool. Two negative controls show the comparison is tight enough to catch a resume that
-drops the optimiser state or restarts the data order.
+drops the optimiser state or restarts the data order. The learning-rate and EMA warm-ups span the resume point,
+so a resume that restarted either schedule would not match.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ TIGHT = {"rtol": 1e-6, "atol": 1e-7}
 
 def _config(storage: Path, name: str, steps: int, family: str) -> dict:
     return tiny_config(storage, name=name, family=family, data={"num_images": 24},
-                       train={"steps": steps, "checkpoint_every": 2, "log_every": 2, "ema_rate": 0.9},
+                       train={"steps": steps, "checkpoint_every": 2, "log_every": 2, "ema_rate": 0.9,
+                              "warmup_steps": 6, "ema_warmup": True},
                        ray={"persistence_actors": 1})
 
 
