@@ -47,17 +47,23 @@ def resolve_terms(terms: Mapping[str, "torch.Tensor | Pending"]) -> dict[str, to
 
 
 def sample_in_batches(family: "Family", model: torch.nn.Module, run: Any, n: int,
-                      cond: Mapping[str, torch.Tensor], sampler: Any, batch_size: int) -> torch.Tensor:
+                      cond: Mapping[str, torch.Tensor], sampler: Any, batch_size: int,
+                      progress: str | None = None) -> torch.Tensor:
     """``n`` samples drawn ``batch_size`` at a time (``cond`` tensors sliced along the batch).
 
     The batch starting at row ``start`` uses seed ``sampler.seed + start``, so a rerun with the same seed and
-    ``batch_size`` reproduces the images exactly.
+    ``batch_size`` reproduces the images exactly. A progress bar (tqdm) counts the images on an interactive
+    terminal; ``progress`` names it (None: no bar).
     """
+    from tqdm import tqdm
+
     chunks = []
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        chunk = {key: value[start:start + size] for key, value in cond.items()}
-        chunks.append(family.sample(model, run, size, chunk, replace(sampler, seed=sampler.seed + start)))
+    with tqdm(total=n, desc=progress, unit="img", disable=None if progress else True, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            chunk = {key: value[start:start + size] for key, value in cond.items()}
+            chunks.append(family.sample(model, run, size, chunk, replace(sampler, seed=sampler.seed + start)))
+            bar.update(size)
     return torch.cat(chunks)
 
 

@@ -1,13 +1,22 @@
-"""Run logging on rank 0: TensorBoard scalars/images/figures and a one-line terminal progress display."""
+"""Run logging on rank 0: TensorBoard scalars/images/figures and a one-line terminal progress display.
+
+The progress lines also go to ``<log dir>/progress.log``; `follow_progress` prints them on the driver when
+Ray does not forward the workers' output (``log_to_driver=False``, as in ``raytopo demo``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import torch
+
+
+PROGRESS_FILE = "progress.log"   # the progress lines, also appended here (followed by `follow_progress`)
 
 
 class RunLogger:
@@ -22,6 +31,7 @@ class RunLogger:
         self._start_time = self._last_time
         self._start_step = start_step
         self.writer = None
+        self.progress_path = log_dir / PROGRESS_FILE
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -40,7 +50,10 @@ class RunLogger:
         for name, value in values.items():
             self.writer.add_scalar(f"train/{name}", value, step)
         self.writer.flush()
-        print(self._progress_line(step, metrics, now), flush=True)
+        line = self._progress_line(step, metrics, now)
+        print(line, flush=True)
+        with open(self.progress_path, "a") as progress:
+            progress.write(line + "\n")
         return values
 
     def _progress_line(self, step: int, metrics: Mapping[str, float], now: float) -> str:
@@ -94,3 +107,34 @@ def _duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@contextlib.contextmanager
+def follow_progress(log_dir: Path, prefix: str = "  ", poll_seconds: float = 2.0):
+    """Print the progress lines a run appends to ``log_dir/progress.log`` while the block runs (a driver-side
+    thread; only lines written during the block, each once). For runs whose storage this machine sees."""
+    path = log_dir / PROGRESS_FILE
+    start = path.stat().st_size if path.is_file() else 0
+    stop = threading.Event()
+
+    def follow() -> None:
+        position = start
+        while True:
+            finished = stop.wait(poll_seconds)
+            if path.is_file():
+                with open(path, "rb") as progress:
+                    progress.seek(position)
+                    complete = progress.read().rpartition(b"\n")[0]   # never half a line being written
+                for line in complete.decode(errors="replace").splitlines():
+                    print(prefix + line, flush=True)
+                position += len(complete) + (1 if complete else 0)
+            if finished:
+                return
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
