@@ -8,6 +8,10 @@ A checkpoint is a directory holding::
     state.json     {"step": completed optimisation steps, "family": ...}
     config.json    the full run config, enough to rebuild the model and resume without repeating flags
 
+A *weights-only* checkpoint (what `export_weights` writes, e.g. the models shipped in ``raytopo.pretrained``) has
+only ``ema.pt``, ``state.json`` and ``config.json``: it samples and initialises fine-tuning, and its model weights
+are the EMA weights. ``pretrained:<name>`` names a shipped one wherever a checkpoint directory is expected.
+
 It is written to a temporary sibling and renamed into place, so a crash never leaves a half-written
 checkpoint under the final name. Loading uses ``torch.load(weights_only=True)``: no pickled code runs.
 """
@@ -26,7 +30,7 @@ import torch
 
 from raytopo.errors import InputError
 
-_FILES = ("model.pt", "ema.pt", "state.json", "config.json")
+_FILES = ("ema.pt", "state.json", "config.json")   # model.pt too, except in a weights-only checkpoint
 
 
 @dataclass
@@ -67,7 +71,9 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, ema: torch.nn
 
 def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> CheckpointData:
     """Read a checkpoint directory; a missing or incomplete one raises InputError naming what is missing."""
-    path = Path(directory)
+    from raytopo.pretrained import resolve
+
+    path = resolve(directory)
     if not path.is_dir():
         raise InputError(f"{path}: no such checkpoint directory")
     missing = [name for name in _FILES if not (path / name).is_file()]
@@ -77,14 +83,40 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     optimizer = None
     if with_optimizer and (path / "optimizer.pt").is_file():
         optimizer = _load(path / "optimizer.pt")
+    ema = _load(path / "ema.pt")
     return CheckpointData(
-        model=_load(path / "model.pt"),
-        ema=_load(path / "ema.pt"),
+        model=_load(path / "model.pt") if (path / "model.pt").is_file() else ema,
+        ema=ema,
         optimizer=optimizer,
         step=int(state["step"]),
         family=str(state.get("family")),
         config=json.loads((path / "config.json").read_text()),
     )
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the weights-only checkpoint of ``checkpoint`` to the new folder ``out``: its EMA weights cast to
+    ``dtype`` (floating tensors only), its ``config.json`` and ``state.json``. ``out`` must not exist yet."""
+    data = load_checkpoint(checkpoint, with_optimizer=False)
+    target = Path(out)
+    if target.exists():
+        raise InputError(f"{target}: already exists; choose a new folder for the exported weights")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=_existing_parent(target)))
+    try:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in data.ema.items()}
+        torch.save(weights, staging / "ema.pt")
+        (staging / "state.json").write_text(json.dumps({"step": data.step, "family": data.family}))
+        (staging / "config.json").write_text(json.dumps(data.config, indent=2))
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _existing_parent(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.parent
 
 
 def _load(path: Path) -> Any:
