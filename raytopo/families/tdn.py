@@ -36,7 +36,12 @@ from raytopo.topology.losses import TDNLossConfig, critical_targets, gather_loss
 
 @dataclass(frozen=True)
 class TopoSettings:
-    """L_topo switches (reference flags: --weight_topo, --topo_dim, --topo_birth/death/noisy)."""
+    """L_topo switches (reference flags: --weight_topo, --topo_dim, --topo_birth/death/noisy).
+
+    Beyond the reference: ``warmup_steps`` ramps the weight linearly from 0 over the first steps of the run (at the
+    start of fine-tuning the L_topo gradient can dwarf L_simple's); ``min_t`` / ``max_t`` apply L_topo only at
+    diffusion steps min_t <= t < max_t (null: no bound, as the reference).
+    """
 
     weight: float = 1e-5
     min_snr: float | None = None
@@ -45,13 +50,25 @@ class TopoSettings:
     death: bool = True
     noisy: bool = False
     selection: Literal["match", "count"] = "match"
+    warmup_steps: int = 0
+    min_t: int = 0
+    max_t: int | None = None
 
     def __post_init__(self) -> None:
         if self.weight < 0:
             raise ConfigError(f"model.topo.weight: expected >= 0, got {self.weight}")
         if self.min_snr is not None and not self.min_snr > 0:
             raise ConfigError(f"model.topo.min_snr: expected > 0 or null, got {self.min_snr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"model.topo.warmup_steps: expected >= 0, got {self.warmup_steps}")
+        if self.min_t < 0 or (self.max_t is not None and self.max_t <= self.min_t):
+            raise ConfigError(f"model.topo.min_t/max_t: expected 0 <= min_t < max_t (or max_t null), "
+                              f"got {self.min_t}, {self.max_t}")
         self.loss_config()  # validates dims/selection/birth/death
+
+    def ramp(self, step: int) -> float:
+        """The fraction of ``weight`` applied at 0-based ``step`` (linear warm-up)."""
+        return min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
 
     def loss_config(self) -> TDNLossConfig:
         return TDNLossConfig(dims=self.dims, birth=self.birth, death=self.death, noisy=self.noisy,
@@ -65,7 +82,10 @@ class TDNModelConfig:
     topo: TopoSettings = field(default_factory=TopoSettings)
 
 
-_TDN_DIFFUSION_DEFAULTS = {"steps": 1000, "schedule": "cosine", "var_type": "learned_range"}
+# x0 prediction, not the reference's epsilon: an epsilon model's x0 estimate x_t / sqrt(abar) - sqrt(1/abar - 1) eps
+# multiplies every error in eps by up to 2e4 at the end of the cosine schedule, so at t >= 950 it is random-sign
+# speckle that samplers commit to (docs/tdn.md, "Why x0 prediction").
+_TDN_DIFFUSION_DEFAULTS = {"steps": 1000, "schedule": "cosine", "var_type": "learned_range", "mean_type": "x0"}
 _UNET_DEFAULTS = {"model_channels": 64, "num_res_blocks": 2, "attention_resolutions": (16,), "learn_sigma": True}
 
 
@@ -175,22 +195,26 @@ class TDNFamily:
         else:
             reference = batch["image"].detach().float().cpu().numpy()
         future = ctx.pool.submit((pred, reference), fn=critical_targets, config=config)
-        weight = self._timestep_weight(settings, diffusion, t)
+        weight = self._timestep_weight(settings, diffusion, t) * settings.ramp(ctx.step)
 
         def resolve() -> torch.Tensor:
-            loss = gather_loss(pred_x0, future.result())
-            return loss if weight is None else loss * weight
+            return gather_loss(pred_x0, future.result()) * weight
 
         return Pending(resolve)
 
     @staticmethod
-    def _timestep_weight(settings: TopoSettings, diffusion: GaussianDiffusion, t: torch.Tensor) -> torch.Tensor | None:
-        """min(SNR_t, k) / SNR_t, the reference's ``--weight_timestep k`` (Min-SNR weighting), or None."""
-        if settings.min_snr is None:
-            return None
-        abar = torch.as_tensor(diffusion.alphas_cumprod, device=t.device)[t]
-        snr = abar / (1 - abar)
-        return (torch.clamp(snr, max=settings.min_snr) / snr).float()
+    def _timestep_weight(settings: TopoSettings, diffusion: GaussianDiffusion, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample factor of L_topo: min(SNR_t, k) / SNR_t, the reference's ``--weight_timestep k`` (Min-SNR
+        weighting) when ``min_snr`` is set, times 0 for steps outside [min_t, max_t); ones otherwise."""
+        weight = torch.ones(t.shape, device=t.device)
+        if settings.min_snr is not None:
+            abar = torch.as_tensor(diffusion.alphas_cumprod, device=t.device)[t]
+            snr = abar / (1 - abar)
+            weight = (torch.clamp(snr, max=settings.min_snr) / snr).float()
+        inside = t >= settings.min_t
+        if settings.max_t is not None:
+            inside &= t < settings.max_t
+        return weight * inside.float()
 
     # --- sampling and evaluation ---------------------------------------------------------------
 
@@ -204,12 +228,26 @@ class TDNFamily:
 
     @staticmethod
     def target_counts(run: Any, per_count: int) -> dict[str, torch.Tensor]:
-        """Target counts min..max (each ``per_count`` times) shaped as the run's data: ``{"counts": [N, k]}``."""
-        values = torch.arange(run.data.min_count, run.data.max_count + 1, dtype=torch.float32)
-        counts = values.repeat_interleave(per_count)
+        """Target counts shaped as the run's data, each ``per_count`` times: ``{"counts": [N, k]}``.
+
+        One count: min_count..max_count. Two counts (components u, holes v): every pair min_count <= v <= u <=
+        max_count, the pairs the Shapes generator draws.
+        """
+        low, high = run.data.min_count, run.data.max_count
         if run.data.convention == "two_counts":
-            return {"counts": torch.stack([counts, torch.minimum(counts, torch.ones_like(counts))], dim=1)}
-        return {"counts": counts[:, None]}
+            pairs = [(u, v) for u in range(low, high + 1) for v in range(low, u + 1)]
+            return {"counts": torch.tensor(pairs, dtype=torch.float32).repeat_interleave(per_count, dim=0)}
+        values = torch.arange(low, high + 1, dtype=torch.float32)
+        return {"counts": values.repeat_interleave(per_count)[:, None]}
+
+    def count_dims(self, run: Any) -> tuple[int, ...]:
+        """The homology dimension each target count refers to: (0, 1) for two counts (components, holes); for
+        one count the Shapes set's ``shapes_dim``, else the topology loss's dim (tdn), else 0 (components)."""
+        if run.data.convention == "two_counts":
+            return (0, 1)
+        if run.data.source == "shapes":
+            return (int(run.data.shapes_dim),)
+        return (self.parse(run).topo.dims[0],) if self.topology else (0,)
 
     def preview(self, model: torch.nn.Module, run: Any) -> dict[str, tuple[torch.Tensor, list[str] | None]]:
         """Two samples per target count, captioned with the count they were asked for."""
@@ -228,29 +266,42 @@ class TDNFamily:
         cond = self.target_counts(run, per_count)
         with torch.no_grad():
             images = sample_in_batches(self, model, run, len(cond["counts"]), cond, sampler, batch_size)
-        return self.evaluate(images, cond)
+        return self.evaluate(images, cond, self.count_dims(run))
 
     def metric_names(self, run: Any) -> set[str]:
         cond = self.target_counts(run, per_count=1)
         blank = -torch.ones(len(cond["counts"]), run.data.channels, run.data.image_size, run.data.image_size)
-        return set(self.evaluate(blank, cond))
+        return set(self.evaluate(blank, cond, self.count_dims(run)))
 
-    def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor],
+                 dims: tuple[int, ...] | None = None) -> dict[str, float]:
         """Topology accuracy of generated masks against their target counts (the reference evaluation).
 
+        ``dims`` gives the homology dimension of each count column (`count_dims`; default: components, then
+        holes).
+
         Keys follow `raytopo.commands.evaluate.flat_metrics`: ``dim0_conn4_accuracy``, ``dim0_conn4_f1``,
-        ``dim0_conn8_...`` and, for two counts, ``dim1_...``.
+        ``dim0_conn8_...`` and, for two counts, ``dim1_...``; plus ``<measure>_within1`` (the fraction of samples
+        whose count is within 1 of the target) and ``saturated`` (the fraction of pixels with |x| > 0.8: a
+        clean mask is almost all +-1, a speckled or blurred one is not).
         """
         from raytopo.eval.topology_metrics import count_metrics, count_samples
 
-        masks = ((samples[:, 0].detach().float().cpu().numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        pixels = samples[:, 0].detach().float().cpu().numpy()
+        masks = ((pixels + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
         counts = cond["counts"].detach().cpu().numpy().reshape(len(masks), -1).round().astype(int)
-        measures = [("dim0_conn4", 0, 4, 0), ("dim0_conn8", 0, 8, 0)]
-        if counts.shape[1] == 2:
-            measures.append(("dim1", 1, 4, 1))
-        result: dict[str, float] = {"n": float(len(masks))}
+        dims = dims if dims is not None else (0, 1)[: counts.shape[1]]
+        measures = []
+        for column, dim in enumerate(dims):
+            if dim == 0:
+                measures += [("dim0_conn4", 0, 4, column), ("dim0_conn8", 0, 8, column)]
+            else:
+                measures.append(("dim1", 1, 4, column))
+        result: dict[str, float] = {"n": float(len(masks)), "saturated": float((np.abs(pixels) > 0.8).mean())}
         for name, dim, connectivity, column in measures:
-            metrics = count_metrics(counts[:, column], count_samples(masks, dim, connectivity))
+            measured = np.asarray(count_samples(masks, dim, connectivity))
+            metrics = count_metrics(counts[:, column], measured)
             for key in ("accuracy", "f1", "mae"):
                 result[f"{name}_{key}"] = float(getattr(metrics, key))
+            result[f"{name}_within1"] = float((np.abs(measured - counts[:, column]) <= 1).mean())
         return result
