@@ -97,9 +97,10 @@ def _tune(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from raytopo.commands.demo import run_demo
 
-    return run_demo(DemoArgs(out=args.out, address=args.address, num_actors=args.actors,
-                             pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps,
-                             per_count=args.per_count))
+    return run_demo(DemoArgs(out=args.out, address=args.address, from_scratch=args.from_scratch,
+                             export_base=args.export_base, finetune_steps=args.finetune_steps,
+                             per_count=args.per_count, sampler=args.sampler, sample_steps=args.steps,
+                             num_actors=args.actors, seed=args.seed, verbose=args.verbose))
 
 
 def _pointcloud(args: argparse.Namespace) -> int:
@@ -112,8 +113,8 @@ def _pointcloud(args: argparse.Namespace) -> int:
 def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampler flags shared by `sample` and `score` (fields of SamplerSettings, plus the batch size)."""
     parser.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default="ddim", metavar="NAME",
-                        help="%(choices)s (default ddim); none uses a learned variance: ddpm samples with the "
-                             "posterior variance")
+                        help="%(choices)s (default ddim); ddpm samples with the posterior variance, ddpm_learned "
+                             "with the model's learned variance (iDDPM)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     parser.add_argument("--eta", type=float, default=None,
                         help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
@@ -216,11 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the end-to-end demo on a local Ray cluster")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     demo.add_argument("--address", default=None, help="Ray address to attach to (default: start a local cluster)")
-    demo.add_argument("--actors", type=int, default=2, help="persistence actors (default 2)")
-    demo.add_argument("--pretrain-steps", type=int, default=DemoArgs.pretrain_steps, help="ADM-T pre-training steps")
+    demo.add_argument("--from-scratch", action="store_true",
+                      help="train the ADM-T base here (about 20 min on 2 CPUs) instead of using the shipped one")
+    demo.add_argument("--export-base", type=Path, default=None, metavar="DIR",
+                      help="with --from-scratch: also write the base as a shipped model (float16 EMA weights)")
     demo.add_argument("--finetune-steps", type=int, default=DemoArgs.finetune_steps,
-                      help="steps of ADM-T and of TDN after pre-training (identical budgets)")
-    demo.add_argument("--per-count", type=int, default=DemoArgs.per_count, help="samples per count 1..5")
+                      help=f"steps of ADM-T and of TDN from the base (identical budgets; default "
+                           f"{DemoArgs.finetune_steps})")
+    demo.add_argument("--per-count", type=int, default=DemoArgs.per_count,
+                      help=f"samples per count 1..5 (default {DemoArgs.per_count})")
+    demo.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default=DemoArgs.sampler, metavar="NAME",
+                      help="%(choices)s (default ddim)")
+    demo.add_argument("--steps", type=int, default=DemoArgs.sample_steps, help="sampling steps (default 50)")
+    demo.add_argument("--actors", type=int, default=DemoArgs.num_actors, help="TDN's persistence actors (default 2)")
+    demo.add_argument("--seed", type=int, default=DemoArgs.seed, help="fine-tuning and sampling seed (default 0)")
+    demo.add_argument("--verbose", action="store_true", help="also show Ray's own log lines")
     demo.set_defaults(run=_demo)
 
     pointcloud = commands.add_parser(
