@@ -73,7 +73,10 @@ def load_model_for_sampling(checkpoint: Path):
 def run_sample(args: SampleArgs) -> int:
     if args.per_count < 1:
         raise InputError(f"--per-count: expected >= 1, got {args.per_count}")
+    from raytopo.parallel.cpus import use_free_cpus
+
     settings = sampler_settings(args)
+    use_free_cpus()
     family, run, model = load_model_for_sampling(args.checkpoint)
     if run.data.has_counts:
         if args.counts is None:
@@ -88,7 +91,8 @@ def run_sample(args: SampleArgs) -> int:
 
         targets = [()] * args.per_count
         with torch.no_grad():
-            images = sample_in_batches(family, model, run, args.per_count, {}, settings, args.batch_size)
+            images = sample_in_batches(family, model, run, args.per_count, {}, settings, args.batch_size,
+                                       progress="sampling")
     paths = write_samples(images, targets, args.out)
     grid_path = write_grid(images, args.out)
     print(f"wrote {len(paths)} samples to {args.out} and a grid to {grid_path}")
@@ -112,7 +116,8 @@ def generate(family, run, model, targets: list[tuple[float, ...]], settings, bat
     from raytopo.families.base import sample_in_batches
 
     counts = torch.tensor(targets, dtype=torch.float32)
-    return sample_in_batches(family, model, run, len(counts), {"counts": counts}, settings, batch_size)
+    return sample_in_batches(family, model, run, len(counts), {"counts": counts}, settings, batch_size,
+                             progress="sampling")
 
 
 def write_samples(images: torch.Tensor, targets: list[tuple[float, ...]], out: Path) -> list[Path]:
