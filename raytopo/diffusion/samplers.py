@@ -328,8 +328,12 @@ def sample_ddpm_learned(denoiser: VarianceDenoiser, x: Tensor, sigmas: Tensor, *
     eq. 7). The mean is the posterior mean at x0 = D (as `sample_ddpm`); the VP variance is
     exp(f log beta + (1 - f) log beta~) with the denoiser's fraction f, i.e. a VE noise scale of
     sqrt(Sigma / abar'). The last step (to sigma = 0) adds no noise. f = 0 everywhere is exactly `sample_ddpm`.
-    On a `vp_sigmas` grid this equals GaussianDiffusion's ``p_sample_loop`` respaced the same way (the
-    reference TDN sampler), noise draw for noise draw. Needs a `VarianceDenoiser`; eta is ignored.
+    f is clamped to [0, 1], so the variance stays between beta~ and beta. iDDPM leaves f unbounded; with a
+    1000-step schedule beta and beta~ differ by ~0.1% at mid t, the L_vlb gradient on f there is tiny, and
+    CPU-budget models drift to f of 5-150, harmless at 1000 steps but e^40 variances once respaced
+    (docs/tdn.md). For f in [0, 1] and on a `vp_sigmas` grid this equals GaussianDiffusion's ``p_sample_loop``
+    respaced the same way (the reference TDN sampler), noise draw for noise draw. Needs a `VarianceDenoiser`;
+    eta is ignored.
     """
     if not callable(getattr(denoiser, "with_variance", None)):
         raise ConfigError("sampler ddpm_learned: expected a model trained with a learned variance "
@@ -338,6 +342,7 @@ def sample_ddpm_learned(denoiser: VarianceDenoiser, x: Tensor, sigmas: Tensor, *
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised, fraction = denoiser.with_variance(x, _at(sigma, x))
+        fraction = fraction.clamp(0.0, 1.0)
         ratio = sigma_next**2 / sigma**2
         mean = denoised + ratio * (x - denoised)
         noise = _noise(x, generator)

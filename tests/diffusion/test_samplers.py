@@ -185,11 +185,25 @@ def test_library_ddpm_reproduces_ancestral_ddpm_with_the_posterior_variance():
     assert (other - got).abs().max() > 1e-3
 
 
+class InRangeVariance(nn.Module):
+    """A learned-variance net whose variance channels v stay in [-1, 1] (f in [0, 1]), as iDDPM intends."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        mean, v = self.net(x, t).chunk(2, dim=1)
+        return torch.cat([mean, torch.tanh(v)], dim=1)
+
+
 @pytest.mark.parametrize("var_type, mean_type", [("learned_range", "epsilon"), ("learned_range", "x0")])
 def test_library_ddpm_learned_reproduces_ancestral_ddpm_with_the_learned_variance(var_type, mean_type):
     """Same noise draws: ddpm_learned == p_sample_loop of a learned-variance model respaced to ddim10 (what the
     TDN reference samples with), and it differs from the posterior-variance ddpm on the same draws."""
-    config, net, denoiser, sigmas, noise, x = _vp_setup(var_type, mean_type)
+    config, net, _, sigmas, noise, x = _vp_setup(var_type, mean_type)
+    net = InRangeVariance(net)
+    denoiser = DiscreteVPDenoiser(net, build_diffusion(config), clip=True)
     expected = build_diffusion(config, "ddim10").p_sample_loop(
         net, noise.shape, noise=noise, generator=torch.Generator().manual_seed(7))
     got = sample("ddpm_learned", denoiser, x, sigmas, generator=torch.Generator().manual_seed(7))
@@ -198,10 +212,11 @@ def test_library_ddpm_learned_reproduces_ancestral_ddpm_with_the_learned_varianc
     assert (posterior - got).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
-def test_ddpm_learned_step_has_the_interpolated_variance(fraction):
+@pytest.mark.parametrize("fraction, clamped", [(0.0, 0.0), (0.3, 0.3), (1.0, 1.0), (40.0, 1.0), (-3.0, 0.0)])
+def test_ddpm_learned_step_has_the_interpolated_variance(fraction, clamped):
     """One step from a fixed x with a constant fraction f: the draws have mean D + (s'^2/s^2)(x - D) and, in VP
-    terms, variance beta^f beta~^(1-f) (iDDPM eq. 15), beta = 1 - abar/abar', beta~ = beta (1-abar')/(1-abar)."""
+    terms, variance beta^f beta~^(1-f) (iDDPM eq. 15), beta = 1 - abar/abar', beta~ = beta (1-abar')/(1-abar).
+    f outside [0, 1] (a drifted variance head) is clamped: the variance stays between beta~ and beta."""
     sigma, sigma_next, n = 2.0, 0.7, 200_000
     x = torch.full((n, 2), 1.3, dtype=D)
 
@@ -219,7 +234,7 @@ def test_ddpm_learned_step_has_the_interpolated_variance(fraction):
     abar, abar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
     beta = 1 - abar / abar_next
     beta_tilde = beta * (1 - abar_next) / (1 - abar)
-    vp_variance = beta**fraction * beta_tilde ** (1 - fraction)
+    vp_variance = beta**clamped * beta_tilde ** (1 - clamped)
     mean = 0.25 + sigma_next**2 / sigma**2 * (1.3 - 0.25)
     ve_std = math.sqrt(vp_variance / abar_next)
     assert abs(out.mean().item() - mean) < 5 * ve_std / math.sqrt(2 * n)
