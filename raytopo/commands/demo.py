@@ -49,8 +49,8 @@ MODEL = {
 }
 DATA = {"source": "shapes", "shapes_dim": "0", "image_size": 32, "num_images": 4000,
         "min_count": COUNTS[0], "max_count": COUNTS[-1], "seed": 0}
-# L_topo weight 0.1 with `selection: count` won the Tune sweep tune_spaces/tdn_topo.yaml (docs/tdn.md).
-TOPO = {"weight": 0.1, "dims": [0], "birth": True, "death": True, "noisy": True, "selection": "count"}
+# L_topo weight 1.0 with `selection: count` won the Tune sweep tune_spaces/tdn_topo.yaml (docs/tdn.md).
+TOPO = {"weight": 1.0, "dims": [0], "birth": True, "death": True, "noisy": True, "selection": "count"}
 
 
 def base_config(storage: Path | str = "runs", steps: int = 3000) -> dict[str, Any]:
