@@ -1,34 +1,31 @@
-"""A small TDN reproduction: ADM-T vs TDN with the same budget on 0-dim Shapes (counts 1-5).
+"""TDN against ADM-T at an equal budget, over seeds, with its CPU-minute budget (the TDN paper's headline claim).
 
-Run:  python bench/reproduction.py [--quick] [--selection match|count] [--noisy]
-      (full run: nohup python bench/reproduction.py > bench/out/reproduction.log 2>&1 &)
+Run:  python bench/reproduction.py                 # 0-dim Shapes from the shipped base, 3 seeds (~45 min, 2 CPUs)
+      python bench/reproduction.py --from-scratch  # train the 0-dim base too (what `raytopo demo --from-scratch` does)
+      python bench/reproduction.py --settings dim0,dim1,both --from-scratch   # + holes and two counts (~3 h)
+      python bench/reproduction.py --study         # what drives the gap: one change at a time, seed 0
+      python bench/reproduction.py --quick         # a smoke run of everything
 
-The reference recipe (tdn.md section 1), scaled down to a 2-core CPU:
+The recipe is the demo's (`raytopo.commands.demo`): for each setting an ADM-T base (x0 prediction, learned
+variance, lr 5e-4 with warm-up, EMA with warm-up); from it, with the *same* seed, batches, timesteps, noise and
+learning rate, ADM-T continues for ``--finetune-steps`` and TDN fine-tunes for as many steps with
+weight * L_topo. Both are sampled with the same sampler and seeds (``--per-count`` masks per target count) and
+evaluated as the reference does (4-connectivity accuracy, macro F1, MAE). The table gives mean and sample
+standard deviation over ``--seeds`` (the seed of the fine-tuning and of the sampling).
 
-1. ``adm_t`` trained from scratch for ``--pretrain-steps`` (stands in for ADM -> ADM-T);
-2. from that checkpoint (``init_from``, EMA weights), with the *same* seed, batches, timesteps and noise:
-   * ``adm_t`` continues for ``--finetune-steps``        -> the ADM-T row;
-   * ``tdn`` fine-tunes for ``--finetune-steps``         -> the TDN row (only difference: + weight * L_topo);
-3. each checkpoint is sampled (DDIM, ``raytopo sample`` code path: `generate` + `write_samples`) for every
-   count 1..5 and evaluated (`evaluate_folder`, the reference metrics: accuracy, macro F1 over the classes,
-   MAE, with 4- and 8-connectivity).
-
-Training goes through the production trainer (`run_training`, Ray Train in-process: ``ray.num_workers 0``).
-
-weight_topo at 32 px: the reference uses 1e-5 at 256 px. L_simple is a *mean* over the H*W pixels, L_topo a
-*sum* over a few critical pixels, so the gradient that one critical pixel receives from L_topo, relative to the
-gradient one pixel receives from L_simple, is weight * H * W. Keeping that ratio (1e-5 * 65536 = 0.66) at
-32 px gives 1e-5 * (256/32)^2 = 6.4e-4, the default here.
-
-Persistence runs in-process (``--actors 0``): at 32 px one image costs well under a millisecond
-(measurements.md), and on a 2-core box actors would only take CPU from the training process.
+Settings: ``dim0`` (components, counts 1-5), ``dim1`` (holes, counts 1-4; TDN's L_topo on dim 1), ``both``
+(``u_v`` names: u components of which v hollow, 1 <= v <= u <= 3; L_topo on dims 0 and 1). Every setting is
+32 px. Training runs through the production trainer in-process (``ray.num_workers 0``) with the persistence
+work in-process too: on 2 cores, actors would only take CPU from the network. CPU minutes = wall minutes x
+the torch threads used.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,213 +36,208 @@ import torch  # noqa: E402
 
 from _timing import print_table  # noqa: E402
 
-COUNTS = (1, 2, 3, 4, 5)
-METRIC_COLUMNS = [(f"dim0_conn{c}_{m}", f"{m} {c}-conn") for c in (4, 8) for m in ("accuracy", "f1", "mae")]
+SETTINGS = {
+    "dim0": {"data": {"shapes_dim": "0", "min_count": 1, "max_count": 5}, "dims": [0], "measure": "dim0_conn4"},
+    "dim1": {"data": {"shapes_dim": "1", "min_count": 1, "max_count": 4}, "dims": [1], "measure": "dim1"},
+    "both": {"data": {"shapes_dim": "both", "convention": "two_counts", "min_count": 1, "max_count": 3},
+             "dims": [0, 1], "measure": "dim0_conn4"},
+}
+COLUMNS = ("accuracy", "f1", "mae", "within1")
+
+# One change at a time against the demo's TDN (weight 1.0, noisy on, selection count, every t): what drives the gap.
+STUDY = {
+    "selection match": {"selection": "match"},
+    "weight 0.1": {"weight": 0.1},
+    "weight 3.0": {"weight": 3.0},
+    "weight warm-up 300": {"warmup_steps": 300},
+    "noisy off": {"noisy": False},
+    "t < 500 only": {"max_t": 500},
+    "t >= 500 only": {"min_t": 500},
+    "min-SNR 1": {"min_snr": 1.0},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=32, help="image size in pixels")
-    parser.add_argument("--channels", type=int, default=32, help="UNet model_channels")
-    parser.add_argument("--res-blocks", type=int, default=1, help="UNet num_res_blocks")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--num-images", type=int, default=4000, help="size of the synthetic Shapes training set")
-    parser.add_argument("--pretrain-steps", type=int, default=2500, help="ADM-T steps from scratch (stage 1)")
-    parser.add_argument("--finetune-steps", type=int, default=700, help="steps of each stage-2 run (same budget)")
-    parser.add_argument("--lr", type=float, default=2e-4, help="learning rate from scratch")
-    parser.add_argument("--finetune-lr", type=float, default=1e-4, help="learning rate of both stage-2 runs")
-    parser.add_argument("--ema-rate", type=float, default=0.995)
-    parser.add_argument("--weight-topo", type=float, default=6.4e-4, help="lambda of L_topo (see module doc)")
-    parser.add_argument("--selection", choices=("match", "count"), default="match")
-    parser.add_argument("--noisy", action=argparse.BooleanOptionalAction, default=False,
-                        help="denoise unmatched features too (reference README: off)")
-    parser.add_argument("--actors", type=int, default=0, help="persistence actors (0: in-process)")
+    parser.add_argument("--settings", default="dim0", help="comma-separated: dim0, dim1, both (default dim0)")
+    parser.add_argument("--seeds", default="0,1,2", help="fine-tuning and sampling seeds (default 0,1,2)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="train the dim0 base too (dim1 and both are always trained: nothing is shipped)")
+    parser.add_argument("--base-steps", type=int, default=3000, help="ADM-T base steps when trained here")
+    parser.add_argument("--finetune-steps", type=int, default=600, help="steps of each fine-tuning run")
     parser.add_argument("--per-count", type=int, default=40, help="samples per target count")
-    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch threads (use 1 when the box is oversubscribed: 2 threads then thrash)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="ddim")
+    parser.add_argument("--sample-steps", type=int, default=50)
+    parser.add_argument("--study", action="store_true", help="the one-change-at-a-time study (seed 0, dim0)")
+    parser.add_argument("--only", default=None, help="study: only these variants (';'-separated names)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "reproduction")
-    parser.add_argument("--reuse-pretrain", action="store_true", help="reuse an existing stage-1 checkpoint")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     args = parser.parse_args(argv)
+    args.settings = [s for s in args.settings.split(",") if s]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    unknown = set(args.settings) - set(SETTINGS)
+    if unknown:
+        parser.error(f"--settings: unknown {sorted(unknown)}; expected some of {', '.join(SETTINGS)}")
     if args.quick:
-        args.pretrain_steps, args.finetune_steps, args.per_count, args.sample_steps = 20, 10, 2, 5
-        args.num_images = 64
+        args.base_steps, args.finetune_steps, args.per_count, args.sample_steps = 20, 4, 2, 4
+        args.seeds = args.seeds[:2]
         args.out = args.out.with_name(args.out.name + "_quick")
     return args
 
 
-def run_config(args: argparse.Namespace, family: str, name: str, steps: int, lr: float, init_from: str | None):
-    """A validated RunConfig: identical for ADM-T and TDN apart from the family (and the topo settings)."""
-    from raytopo.train.config import parse_run_config
-
-    model = {"unet": {"model_channels": args.channels, "num_res_blocks": args.res_blocks,
-                      "attention_resolutions": [8], "num_heads": 1, "use_scale_shift_norm": False}}
-    if family == "tdn":
-        model["topo"] = {"weight": args.weight_topo, "dims": [0], "birth": True, "death": True,
-                         "noisy": args.noisy, "selection": args.selection}
-    return parse_run_config({
-        "family": family,
-        "model": model,
-        "data": {"source": "shapes", "image_size": args.size, "shapes_dim": "0", "num_images": args.num_images,
-                 "min_count": COUNTS[0], "max_count": COUNTS[-1], "seed": args.seed},
-        "train": {"steps": steps, "batch_size": args.batch, "lr": lr, "ema_rate": args.ema_rate,
-                  "seed": args.seed, "log_every": max(1, steps // 10), "checkpoint_every": steps},
-        "ray": {"num_workers": 0, "persistence_actors": args.actors, "storage_path": str(args.out / "runs"),
-                "name": name},
-        "init_from": init_from,
-    })
+def local(config: dict) -> dict:
+    """A demo run config made to run in-process (no Ray workers; persistence in-process)."""
+    config = copy.deepcopy(config)
+    config["ray"].update({"num_workers": 0, "persistence_actors": 0})
+    return config
 
 
-def train(run) -> Path:
-    """Train ``run`` with the production trainer; returns its final checkpoint directory."""
+def with_setting(config: dict, setting: str, steps: int | None = None) -> dict:
+    config = copy.deepcopy(config)
+    config["data"] = {**config["data"], **SETTINGS[setting]["data"]}
+    if "topo" in config["model"]:
+        config["model"]["topo"] = {**config["model"]["topo"], "dims": SETTINGS[setting]["dims"]}
+    if steps is not None:
+        config["train"].update({"steps": steps, "checkpoint_every": steps, "log_every": max(1, steps // 4)})
+    return config
+
+
+def train(config: dict, folder: Path) -> tuple[Path, float]:
+    """Train with the production trainer into a fresh ``folder``; (final checkpoint, seconds)."""
+    import shutil
+
     from raytopo.train.checkpoint import find_latest_checkpoint
+    from raytopo.train.config import parse_run_config
     from raytopo.train.trainer import run_training
 
-    import shutil
-
-    shutil.rmtree(run.run_dir, ignore_errors=True)  # a stale run would be picked up as "latest"
+    config = copy.deepcopy(config)
+    config["ray"].update({"storage_path": str(folder.parent), "name": folder.name})
+    shutil.rmtree(folder, ignore_errors=True)
     start = time.perf_counter()
-    outcome = run_training(run)
-    checkpoint = find_latest_checkpoint(run.run_dir) or outcome.checkpoint
-    print(f"[repro] trained {run.family} ({run.ray.name}) for {run.train.steps} steps in "
-          f"{time.perf_counter() - start:.0f} s -> {checkpoint}", flush=True)
-    return Path(checkpoint)
+    run_training(parse_run_config(config))
+    seconds = time.perf_counter() - start
+    checkpoint = find_latest_checkpoint(folder)
+    print(f"[repro] trained {config['family']} {folder.name}: {config['train']['steps']} steps in {seconds:.0f} s",
+          flush=True)
+    return checkpoint, seconds
 
 
-def sample_and_evaluate(checkpoint: Path, folder: Path, args: argparse.Namespace) -> dict[str, float]:
-    """`raytopo sample` (DDIM, per count) into ``folder``, then `raytopo evaluate --dim 0` of it."""
-    import shutil
-
-    from raytopo.commands.evaluate import evaluate_folder, flat_metrics
-    from raytopo.commands.sample import generate, load_model_for_sampling, write_grid, write_samples
+def evaluate(checkpoint: Path | str, args: argparse.Namespace, seed: int, folder: Path) -> tuple[dict, float]:
+    """The family's evaluation of ``per_count`` samples per target count; also writes a grid."""
+    from raytopo.commands.sample import load_model_for_sampling, write_grid
+    from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings
 
     start = time.perf_counter()
     family, run, model = load_model_for_sampling(checkpoint)
-    targets = [(float(c),) for c in COUNTS for _ in range(args.per_count)]
-    settings = SamplerSettings(name="ddim", steps=args.sample_steps, seed=args.seed)
+    cond = family.target_counts(run, args.per_count)
+    settings = SamplerSettings(name=args.sampler, steps=args.sample_steps, seed=1000 * seed)
     with torch.no_grad():
-        images = generate(family, run, model, targets, settings, batch_size=50)
-    shutil.rmtree(folder, ignore_errors=True)
-    write_samples(images, targets, folder)
-    write_grid(images, folder)
-    result = evaluate_folder(folder, dims=(0,), classes=COUNTS)
-    print(f"[repro] sampled and evaluated {len(targets)} masks of {checkpoint.name} in "
-          f"{time.perf_counter() - start:.0f} s -> {folder}", flush=True)
-    return {**flat_metrics(result), "histogram": result["measures"]["dim0_conn4"]["histogram"]}
+        images = sample_in_batches(family, model, run, len(cond["counts"]), cond, settings, batch_size=100)
+    write_grid(images[:: max(1, args.per_count // 4)], folder)
+    return family.evaluate(images, cond, family.count_dims(run)), time.perf_counter() - start
 
 
-def loss_balance(checkpoint: Path, args: argparse.Namespace, batches: int = 4) -> dict[str, float]:
-    """L_simple vs weight * L_topo at ``checkpoint`` on training batches: values and gradient norms.
+def base_for(setting: str, args: argparse.Namespace, budget: dict) -> Path | str:
+    from raytopo.commands.demo import BASE_NAME, base_config
 
-    Shows whether the topology term is large enough to matter and that its gradient reaches the model.
-    """
-    from raytopo.families.base import StepContext, resolve_terms
-    from raytopo.parallel.pool import PersistencePool, PoolConfig
-    from raytopo.registry import get_family
-    from raytopo.train.data import in_memory_arrays
-    from raytopo.train.loop import initialise_from
-
-    run = run_config(args, "tdn", "balance", 1, args.finetune_lr, str(checkpoint))
-    family = get_family("tdn")
-    model = family.build(run)
-    initialise_from(model, str(checkpoint))
-    arrays = in_memory_arrays(run.data)
-    pool = PersistencePool(PoolConfig(num_actors=0))
-    ctx = StepContext(step=0, device=torch.device("cpu"), pool=pool, generator=torch.Generator().manual_seed(1),
-                      extras=family.setup(run))
-    sums = {"mse": 0.0, "vb": 0.0, "topo": 0.0, "grad_simple": 0.0, "grad_topo": 0.0, "topo_nonzero": 0.0}
-    for k in range(batches):
-        rows = slice(k * args.batch, (k + 1) * args.batch)
-        batch = {key: torch.from_numpy(value[rows]) for key, value in arrays.items()}
-        terms = resolve_terms(family.losses(model, batch, ctx))
-        simple = terms["mse"].mean() + terms["vb"].mean()
-        topo = args.weight_topo * terms["topo"].mean()
-        sums["grad_simple"] += _grad_norm(model, simple, retain=True)
-        sums["grad_topo"] += _grad_norm(model, topo, retain=False)
-        sums["topo_nonzero"] += float((terms["topo"] > 0).float().mean())
-        for name in ("mse", "vb", "topo"):
-            sums[name] += float(terms[name].detach().mean())
-    return {name: value / batches for name, value in sums.items()}
+    if setting == "dim0" and not args.from_scratch:
+        return f"pretrained:{BASE_NAME}"
+    config = with_setting(local(base_config(steps=args.base_steps)), setting)
+    checkpoint, seconds = train(config, args.out / setting / "base")
+    budget["base training"] = budget.get("base training", 0.0) + seconds
+    return checkpoint
 
 
-def _grad_norm(model: torch.nn.Module, loss: torch.Tensor, retain: bool) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
-    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+def compare(setting: str, base: Path | str, args: argparse.Namespace, budget: dict) -> dict[str, list[dict]]:
+    """ADM-T continued vs TDN fine-tuned from ``base`` for every seed: {model: [metrics per seed]}."""
+    from raytopo.commands.demo import finetune_config
+
+    results: dict[str, list[dict]] = {"ADM-T": [], "TDN": []}
+    for seed in args.seeds:
+        for label, family in (("ADM-T", "adm_t"), ("TDN", "tdn")):
+            config = with_setting(local(finetune_config(args.out, family, args.finetune_steps, str(base), seed)),
+                                  setting)
+            folder = args.out / setting / f"{family}_seed{seed}"
+            checkpoint, seconds = train(config, folder)
+            metrics, eval_seconds = evaluate(checkpoint, args, seed, folder / "samples")
+            budget["fine-tuning"] = budget.get("fine-tuning", 0.0) + seconds
+            budget["sampling + evaluation"] = budget.get("sampling + evaluation", 0.0) + eval_seconds
+            results[label].append(metrics)
+            print(f"[repro] {setting} {label} seed {seed}: "
+                  + json.dumps({k: round(v, 3) for k, v in metrics.items()}), flush=True)
+    return results
 
 
-def print_results(results: dict[str, dict], args: argparse.Namespace) -> None:
-    rows = [[name] + [metrics[key] for key, _ in METRIC_COLUMNS] for name, metrics in results.items()]
-    adm, tdn = results["ADM-T"], results["TDN"]
-    rows.append(["ratio TDN / ADM-T"] + [_ratio(tdn[key], adm[key]) for key, _ in METRIC_COLUMNS])
-    print_table(
-        f"0-dim Shapes {args.size} px, counts 1-5, {args.per_count} samples per count (DDIM {args.sample_steps}); "
-        f"both rows: {args.pretrain_steps} ADM-T steps + {args.finetune_steps} fine-tuning steps "
-        f"(TDN: weight {args.weight_topo:g}, selection {args.selection}, noisy {'on' if args.noisy else 'off'})",
-        ["model"] + [label for _, label in METRIC_COLUMNS], rows,
-    )
-    print("\nCount histograms (4-connectivity), predicted counts per model:")
-    for name, metrics in results.items():
-        histogram = {k: v["pred"] for k, v in metrics["histogram"].items()}
-        print(f"  {name:<22} {histogram}")
+def study(base: Path | str, args: argparse.Namespace, budget: dict) -> dict[str, dict]:
+    """TDN with one change at a time (seed 0) next to the demo's TDN and ADM-T."""
+    from raytopo.commands.demo import TOPO, finetune_config
+
+    rows = {}
+    seed = args.seeds[0]
+    variants = {"ADM-T": None, "TDN (demo recipe)": {}, **STUDY}
+    if args.only:
+        variants = {name: variants[name] for name in args.only.split(";")}
+    for name, change in variants.items():
+        family = "adm_t" if change is None else "tdn"
+        config = local(finetune_config(args.out, family, args.finetune_steps, str(base), seed))
+        if change is not None:
+            config["model"]["topo"] = {**TOPO, **change}
+        folder = args.out / "study" / "".join(c if c.isalnum() else "_" for c in name.lower())
+        checkpoint, seconds = train(config, folder)
+        rows[name], eval_seconds = evaluate(checkpoint, args, seed, folder / "samples")
+        budget["study"] = budget.get("study", 0.0) + seconds + eval_seconds
+        print(f"[repro] study {name}: " + json.dumps({k: round(v, 3) for k, v in rows[name].items()}), flush=True)
+    return rows
 
 
-def _ratio(numerator: float, denominator: float) -> float | str:
-    return numerator / denominator if denominator else "inf"
+def summary(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} +- {spread:.3f}"
 
 
-def print_balance(balance: dict[str, dict], args: argparse.Namespace) -> None:
-    rows = []
-    for name, b in balance.items():
-        rows.append([name, b["mse"], b["vb"], b["topo"], args.weight_topo * b["topo"], b["topo_nonzero"],
-                     b["grad_simple"], b["grad_topo"], b["grad_topo"] / max(b["grad_simple"], 1e-12)])
-    print_table(
-        "Loss balance on training batches (t uniform): L_topo is the per-sample sum over critical pixels",
-        ["checkpoint", "L_mse", "L_vb", "L_topo", "weight*L_topo", "frac. samples with L_topo>0",
-         "|grad L_simple|", "|grad weight*L_topo|", "grad ratio topo/simple"], rows,
-    )
+def print_comparison(setting: str, results: dict[str, list[dict]], args: argparse.Namespace) -> None:
+    measure = SETTINGS[setting]["measure"]
+    keys = [f"{measure}_{c}" for c in COLUMNS] + ["saturated"]
+    rows = [[label] + [summary([m[k] for m in runs]) for k in keys] for label, runs in results.items()]
+    gains = [t[f"{measure}_accuracy"] - a[f"{measure}_accuracy"] for a, t in zip(results["ADM-T"], results["TDN"])]
+    rows.append(["TDN - ADM-T accuracy", summary(gains)] + [""] * (len(keys) - 1))
+    extra = []
+    if setting == "both":
+        keys_holes = [f"dim1_{c}" for c in COLUMNS]
+        extra = [[f"{label} (holes)"] + [summary([m[k] for m in runs]) for k in keys_holes] + [""]
+                 for label, runs in results.items()]
+    print_table(f"{setting}: {args.per_count} samples per count, {args.sampler} {args.sample_steps}; seeds "
+                f"{args.seeds}; {args.finetune_steps} fine-tuning steps each from one base (mean +- std over seeds)",
+                ["model"] + [k.replace(f"{measure}_", "") for k in keys], rows + extra)
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    budget: dict[str, float] = {}
     import ray
 
-    args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    print(f"[repro] settings: {json.dumps({k: str(v) for k, v in vars(args).items()})}", flush=True)
-    started = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     try:
-        pretrain = run_config(args, "adm_t", "adm_t_pretrain", args.pretrain_steps, args.lr, None)
-        base = _reuse(pretrain) if args.reuse_pretrain else None
-        base = base or train(pretrain)
-        adm_t = train(run_config(args, "adm_t", "adm_t_finetune", args.finetune_steps, args.finetune_lr, str(base)))
-        tdn = train(run_config(args, "tdn", "tdn_finetune", args.finetune_steps, args.finetune_lr, str(base)))
+        if args.study:
+            rows = study(base_for("dim0", args, budget), args, budget)
+            keys = [f"dim0_conn4_{c}" for c in COLUMNS] + ["saturated"]
+            print_table(f"What drives the gap (dim0, seed {args.seeds[0]}, {args.finetune_steps} steps each)",
+                        ["variant"] + [k.replace("dim0_conn4_", "") for k in keys],
+                        [[name] + [m[k] for k in keys] for name, m in rows.items()])
+        else:
+            for setting in args.settings:
+                print_comparison(setting, compare(setting, base_for(setting, args, budget), args, budget), args)
     finally:
         ray.shutdown()
-    checkpoints = {"ADM-T (start, stage 1)": base, "ADM-T": adm_t, "TDN": tdn}
-    results = {name: sample_and_evaluate(path, args.out / "samples" / _slug(name), args)
-               for name, path in checkpoints.items()}
-    balance = {"ADM-T start (stage 1)": loss_balance(base, args), "TDN end": loss_balance(tdn, args)}
-    print_results(results, args)
-    print_balance(balance, args)
-    print(f"\n[repro] total {time.perf_counter() - started:.0f} s; samples and grids under {args.out / 'samples'}")
-
-
-def _reuse(run) -> Path | None:
-    from raytopo.train.checkpoint import find_latest_checkpoint
-
-    found = find_latest_checkpoint(run.run_dir)
-    if found is not None:
-        print(f"[repro] reusing stage-1 checkpoint {found}", flush=True)
-    return found
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name.lower()).strip("_")
+    total = time.perf_counter() - started
+    print("\nbudget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget.items())
+          + f"; total {total / 60:.1f} min wall = {total / 60 * args.threads:.0f} CPU-minutes ({args.threads} threads)")
 
 
 if __name__ == "__main__":
