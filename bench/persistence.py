@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 
 
 def smooth_image(size: int, seed: int) -> np.ndarray:
-    """Gaussian-filtered noise scaled to [0, 1] (measurements.md 'smooth')."""
+    """Gaussian-filtered noise scaled to [0, 1] (the 'smooth' input of the reference timings)."""
     field = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=(size, size)), 2)
     return (field - field.min()) / (field.max() - field.min())
 
@@ -48,7 +48,7 @@ def shapes_mask(size: int, seed: int, count: int = 4) -> np.ndarray:
 
 
 def noisy_prediction(mask: np.ndarray, alpha_bar: float, seed: int) -> np.ndarray:
-    """clamp(sqrt(abar) x0 + sqrt(1 - abar) n) with smoothed Gaussian noise n (measurements.md sec. 4)."""
+    """clamp(sqrt(abar) x0 + sqrt(1 - abar) n) with smoothed Gaussian noise n (the noisy input of the reference timings)."""
     noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=mask.shape), 1.0)
     noise /= noise.std()
     return np.clip(np.sqrt(alpha_bar) * mask + np.sqrt(1 - alpha_bar) * noise, -1, 1)

@@ -7,8 +7,8 @@ Run:  python bench/topovae.py [--quick] [--threads 1]
     the true batch plus the regulariser's forward and backward (reference weights 10,10,10,10,0,0,0, H0 + H1),
     timed interleaved with the baseline, one VAE's own forward + backward step on the same batch
     (BCE + KL). Printed: both medians and the ratio regulariser / VAE step.
-(b) **Reconstruction over the first 100 steps** (the reference's only claim, families.md A.5: faster BCE
-    decay): a plain VAE and a TopoVAE from identical initial weights, on the same batches with the same noise
+(b) **Reconstruction over the first 100 steps** (the reference's only claim, docs/references.md, Topo-GEN A.5: faster
+    BCE decay): a plain VAE and a TopoVAE from identical initial weights, on the same batches with the same noise
     (the production `train_step`, one AdamW over both, lr 5e-4, batch 128, seed 1234; in-process persistence).
     Printed at steps 10, 25, 50, 75, 100: the training-batch BCE per sample and the BCE per sample on 512
     held-out garments (latent means decoded), for both models, and the ratio TopoVAE / VAE.

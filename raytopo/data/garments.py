@@ -1,6 +1,6 @@
 """Synthetic "garments": a FashionMNIST-like set of grey images in 10 classes (nothing is downloaded).
 
-Topo-GEN's TopoVAE experiment trains on FashionMNIST (``shared/reference/families.md`` A.5), which cannot be
+Topo-GEN's TopoVAE experiment trains on FashionMNIST (docs/references.md, Topo-GEN A.5), which cannot be
 fetched here. This generator stands in for it: every class is a garment silhouette built from a few soft
 rectangles and ellipses (a ring is an ellipse minus a smaller one) on a black background, in the order of
 FashionMNIST's classes (:data:`GARMENT_CLASSES`). Each image varies its template by

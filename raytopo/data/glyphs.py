@@ -6,7 +6,8 @@ size at a random position and brightness, and with probability 1/2 a random brig
 polyline). The whole image is then transformed by a uniformly random element of the group. Because the element
 is uniform and independent of the drawing, ``g.X`` has the same distribution as ``X`` for every ``g`` in the
 group, exactly; the un-augmented drawings (``group="trivial"``) are not invariant (the letters have a fixed
-handedness and orientation). This is the C4/D4-rotated-MNIST stand-in of the equivariant family (families.md B.5).
+handedness and orientation). This is the C4/D4-rotated-MNIST stand-in of the equivariant family (docs/references.md,
+Equivariant B.5).
 
 Image ``i`` is drawn from ``np.random.default_rng((seed, i))``: it depends only on ``(seed, i)``.
 """

@@ -1,4 +1,4 @@
-"""Labels parsed from file names, following the TDN conventions (tdn.md section 4).
+"""Labels parsed from file names, following the TDN conventions (docs/references.md, TDN 4).
 
 | convention      | file name            | label                                   |
 |-----------------|----------------------|-----------------------------------------|

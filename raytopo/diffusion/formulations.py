@@ -28,9 +28,9 @@ The network sees (x_t, 1000 t) and predicts x0 (``pred: x``) or eps (``pred: eps
 sqrt(1 - gamma) / sqrt(gamma) = tan(theta) with theta = (t + 0.0002) / 1.00025 * pi / 2, the equivalent VE level
 is sigma(t) = tan(theta) and x_t = sqrt(gamma) x_VE = x_VE / sqrt(1 + sigma^2). The reference draws lognormal
 sigmas and maps them to t with a formula that returns t > 1 for about 16% of draws, where cos^2 wraps around
-(families.md B.3); here sigma -> t is the exact inverse t(sigma) = atan(sigma) * 2 / pi * 1.00025 - 0.0002, and
-every level is first clamped to [sigma_min, sigma_max], which validation keeps inside the representable range
-sigma(0) ~ 3.1e-4 .. sigma(1) ~ 1.3e4, so t stays in [0, 1).
+(docs/references.md, Equivariant B.3); here sigma -> t is the exact inverse
+t(sigma) = atan(sigma) * 2 / pi * 1.00025 - 0.0002, and every level is first clamped to [sigma_min, sigma_max], which
+validation keeps inside the representable range sigma(0) ~ 3.1e-4 .. sigma(1) ~ 1.3e4, so t stays in [0, 1).
 
 Self-conditioning (reference ``--self_cond``, Chen et al. 2022 "Analog Bits"): the network takes the current
 x0 estimate as extra input channels. In training, half of the calls (`self_condition_input`) first run a no-grad

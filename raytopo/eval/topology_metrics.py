@@ -1,4 +1,4 @@
-"""Count metrics of generated masks, as the TDN reference evaluation computes them (tdn.md section 5).
+"""Count metrics of generated masks, as the TDN reference evaluation computes them (docs/references.md, TDN 5).
 
 Pure numpy. The counting rules (binarisation, components, holes) live in :mod:`raytopo.topology.betti`;
 this module turns per-sample counts into metrics.

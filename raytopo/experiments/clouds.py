@@ -1,7 +1,7 @@
 """2-D point clouds for the deformation experiments: seeded generators and user files.
 
 The generators reproduce the shapes of Topo-GEN's synthetic demos (``synthetic_experiments.py``, summarised in
-``shared/reference/families.md`` A.5 "Synthetic demo"), but draw from a seeded ``numpy`` generator so that a
+docs/references.md, Topo-GEN A.5 "Synthetic demo"), but draw from a seeded ``numpy`` generator so that a
 preset gives the same clouds on every run. User clouds are a JSON list of ``[x, y]`` pairs or a ``.npy`` array
 ``[N, 2]``; anything else is an ``InputError`` naming the file and the expected shape.
 """

@@ -1,8 +1,8 @@
 """Topo-GEN's point-cloud deformation experiments: a learnable 2-D cloud pulled towards a target's topology.
 
 The cloud is a parameter ``P`` ``[N, 2]``; each step computes its Rips diagrams (no gradient), evaluates the
-weighted Topo-GEN regularisers against the target's diagrams (``TopologicalRegulariser``, families.md A.4, the
-gradient flows through the generator edges, A.3) and takes an Adam step. When every active loss has
+weighted Topo-GEN regularisers against the target's diagrams (``TopologicalRegulariser``, docs/references.md, Topo-GEN
+A.4, the gradient flows through the generator edges, A.3) and takes an Adam step. When every active loss has
 ``gotloss`` False (for example bottleneck0 whose worst pair is a target point matched to the diagonal, a
 value that does not depend on ``P``), the reference demos (``synthetic_experiments.py``) descend
 ``loss_push0 = -sum_i d_i / 2`` instead, which pushes clusters apart until a regulariser applies again; here

@@ -1,1 +1,1 @@
-"""Model families: each plugs into the same trainer, sampler, tuner and evaluation (DESIGN.md sec. 4)."""
+"""Model families: each plugs into the same trainer, sampler, tuner and evaluation (docs/architecture.md, section 2)."""

@@ -1,4 +1,4 @@
-"""The Family contract every model family implements (DESIGN.md section 4).
+"""The Family contract every model family implements (docs/architecture.md, section 2).
 
 A family is a small object registered by a stable short name. The trainer only ever talks to it through:
 

@@ -1,4 +1,4 @@
-"""The ``equivariant`` family: group-equivariant diffusion (Structure Preserving Diffusion, families.md B).
+"""The ``equivariant`` family: group-equivariant diffusion (Structure Preserving Diffusion, docs/references.md, Equivariant B).
 
 A diffusion model whose denoiser should commute with a group G of grid symmetries (trivial, Z2 = horizontal
 flips, C4, D4), so that sampling preserves a G-invariant data distribution. Three mechanisms (B.2), alone or
@@ -252,7 +252,7 @@ class EquivariantFamily:
     def _regulariser(target: nn.Module, formulation: Formulation, output: Tensor, net_input: Tensor,
                      net_time: Tensor, self_cond: Tensor | None, kwargs: Mapping[str, Tensor], group: str,
                      generator: torch.Generator | None) -> Tensor:
-        """mean((F(x) - g^-1 F_T(g x))^2) per sample, one random non-identity g per call (families.md B.2)."""
+        """mean((F(x) - g^-1 F_T(g x))^2) per sample, one random non-identity g per call (docs/references.md, Equivariant B.2)."""
         elements = get_group(group).elements()
         device = generator.device if generator is not None else "cpu"
         g = elements[int(torch.randint(1, len(elements), (), generator=generator, device=device))]

@@ -1,4 +1,4 @@
-"""TopoDiffusionNet's three models as one family class: ``adm``, ``adm_t`` and ``tdn`` (tdn.md section 1).
+"""TopoDiffusionNet's three models as one family class: ``adm``, ``adm_t`` and ``tdn`` (docs/references.md, TDN 1).
 
 * ``adm``: unconditional improved-diffusion UNet (L_simple + L_vlb with learned sigma, cosine schedule);
 * ``adm_t``: the same conditioned on the topological count c;
@@ -14,7 +14,8 @@ model:
   topo: {weight: 1.0e-5, dims: [0], birth: true, death: true, noisy: false, selection: match}   # tdn only
 ```
 ``unet.image_size`` and ``unet.in_channels`` come from the data section. Unlike the reference, L_topo is kept
-when the variance is not learned (tdn.md 2.9 item 1), and ``weight_timestep`` (Min-SNR) is ``topo.min_snr``.
+when the variance is not learned (docs/references.md, TDN 2.9 item 1), and ``weight_timestep`` (Min-SNR) is
+``topo.min_snr``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``topovae``: Topo-GEN's topologically regularised VAE, trained side by side with a plain VAE.
 
-Reference: Topo-GEN ``topovae_experiments.py`` (``shared/reference/families.md`` A.5). A plain VAE and a
+Reference: Topo-GEN ``topovae_experiments.py`` (docs/references.md, Topo-GEN A.5). A plain VAE and a
 TopoVAE start from identical weights (`raytopo.models.topovae.VAEPair`) and see the same batches and the same
 reparameterisation noise; the TopoVAE's loss adds the point-cloud topological regularisers of A.4
 (`raytopo.topology.regularisers.TopologicalRegulariser`). The ``model:`` section of a run config:

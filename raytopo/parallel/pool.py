@@ -2,7 +2,7 @@
 
 The TDN training step hands a detached copy of the predicted clean images to this pool and keeps the
 GPU busy while CPU actors (on this node or on CPU-only nodes) compute one result per image
-(DESIGN.md section 3). The same API runs in-process when Ray is not initialised or ``num_actors == 0``.
+(docs/references.md, Design 3). The same API runs in-process when Ray is not initialised or ``num_actors == 0``.
 
 How a call works
 ----------------
@@ -13,7 +13,7 @@ How a call works
   is sent to Ray.
 * **Torch tensors never cross Ray.** A tensor is converted to numpy (``detach().cpu().numpy()``) in the
   caller: a tensor crosses the object store 2-6x slower than the same numpy array (it is pickled rather
-  than read zero-copy; shared/reference/measurements.md section 3).
+  than read zero-copy; docs/references.md, Design 3).
 * **The batch crosses the object store once.** The caller ``ray.put``s the batch once; each actor gets the
   ObjectRef plus a contiguous ``(start, stop)`` range and slices its share of a zero-copy, read-only view.
   There is one chunk per actor (fewer if ``B < num_actors``). Items of one batch cost about the same, so

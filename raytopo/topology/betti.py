@@ -1,4 +1,4 @@
-"""Betti numbers of binary masks, computed as the TDN reference evaluation does (tdn.md section 5).
+"""Betti numbers of binary masks, computed as the TDN reference evaluation does (docs/references.md, TDN 5).
 
 * **Binarisation**: a bool mask is used as is. Otherwise a pixel is foreground when its value is
   ``> threshold``. Without an explicit threshold: ``uint8`` images use ``128`` (the reference's ``> 128``

@@ -42,7 +42,7 @@ Library quirks handled here
   every pixel as an essential component). On such an image the vertex and top constructions are the same
   path graph, so ``computePH_T`` is used instead.
 * gudhi reports cells as indices of the input in column-major (Fortran) order, whatever the array's
-  memory order: they are unravelled with ``order="F"`` (DESIGN.md section 9).
+  memory order: they are unravelled with ``order="F"`` (docs/references.md, Design 9).
 """
 
 from __future__ import annotations

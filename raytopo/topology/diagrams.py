@@ -2,7 +2,7 @@
 
 A `Diagram` holds the pairs of one homology dimension together with the *cells* that create and
 destroy each feature, so a loss can gather a live tensor at those cells and be differentiable without
-differentiating through the persistence algorithm (DESIGN.md section 4).
+differentiating through the persistence algorithm (docs/references.md, Design 4).
 
 Conventions
 -----------

@@ -9,7 +9,7 @@ split into the features to *preserve* and the rest, which are *denoised*:
 * denoise: the birth and death pixels of every other feature are pulled towards each other's current value,
   which moves the point onto the diagonal.
 
-    L_topo(x0_hat) = sum_{(p, r) in critical terms} w * (x0_hat[p] - r)^2          (tdn.md sec. 2.5)
+    L_topo(x0_hat) = sum_{(p, r) in critical terms} w * (x0_hat[p] - r)^2          (docs/references.md, TDN 2.5)
 
 The targets r are constants computed on a detached copy, so the gradient reaches x0_hat only at critical pixels
 (the critical-pixel scheme of Hu et al. 2019) and the persistence algorithm is never differentiated.
@@ -23,7 +23,7 @@ Feature selection (`TDNLossConfig.selection`):
 * ``"count"`` — what the paper describes: the c most persistent features are preserved. Needs only the target
   count c, so it works when no ground-truth mask exists (e.g. fine-tuning from counts).
 
-Differences from the reference implementation (tdn.md sec. 2.9), all deliberate:
+Differences from the reference implementation (docs/references.md, TDN 2.9), all deliberate:
 1. An empty diagram no longer zeroes the loss: with c = 0 (an empty target mask, or zero holes) every
    predicted feature is denoised, so spurious components and holes are penalised.
 2. Each critical pair contributes its own term. The reference mapped diagram points back to pixels by exact
@@ -196,7 +196,7 @@ def _count_targets(diagram: Diagram, image: np.ndarray, count: int, config: TDNL
 def _match_targets(
     diagram: Diagram, image: np.ndarray, reference: np.ndarray, config: TDNLossConfig
 ) -> CriticalTargets:
-    """Preserve the features matched to the ground truth's diagram (reference behaviour, tdn.md sec. 2.4)."""
+    """Preserve the features matched to the ground truth's diagram (reference behaviour, docs/references.md, TDN 2.4)."""
     valid = np.flatnonzero(diagram.persistence > 0)
     pred_points = _normalised_points(diagram.select(valid), image)
     low, high = float(reference.min()), float(reference.max())

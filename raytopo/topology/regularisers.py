@@ -1,7 +1,7 @@
 """Topo-GEN's seven point-cloud topological regularisers and their weighted combination.
 
 Reference: Topo-GEN ``topogen/topo_functions.py`` (``TopologicalLoss``), summarised in
-``shared/reference/families.md`` A.3-A.4. A batch ``[B, ...]`` is a cloud of B points (A.1). Diagrams are
+docs/references.md, Topo-GEN A.3-A.4. A batch ``[B, ...]`` is a cloud of B points (A.1). Diagrams are
 computed once without gradient (Rips, ``rips.rips_persistence``); each diagram point is then rebuilt from
 the *live* points as lengths of its generator edges (``live_diagram``), so gradient reaches exactly the
 endpoints of those edges (A.3). Ground-truth values enter as constants; dsigma and density recompute them
@@ -159,7 +159,7 @@ def loss_bottleneck0(
     points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None = None,
     true_diagrams: Diagrams | None = None, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_bottleneck0``: bottleneck loss on the finite H0 points (families.md A.4 row 1)."""
+    """Topo-GEN ``loss_bottleneck0``: bottleneck loss on the finite H0 points (docs/references.md, Topo-GEN A.4 row 1)."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, False)
     return _bottleneck_worst_pair_loss(live, truth)
 
@@ -168,7 +168,7 @@ def loss_bottleneck1(
     points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None = None,
     true_diagrams: Diagrams | None = None, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_bottleneck1``: bottleneck loss on the H1 points (families.md A.4 row 2)."""
+    """Topo-GEN ``loss_bottleneck1``: bottleneck loss on the H1 points (docs/references.md, Topo-GEN A.4 row 2)."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 1, backend, False)
     return _bottleneck_worst_pair_loss(live, truth)
 
@@ -203,7 +203,7 @@ def loss_persentropy0(
     points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None = None,
     true_diagrams: Diagrams | None = None, delta: float = 0.001, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_persentropy0`` on finite H0 persistence ``d`` (families.md A.4 row 3)."""
+    """Topo-GEN ``loss_persentropy0`` on finite H0 persistence ``d`` (docs/references.md, Topo-GEN A.4 row 3)."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, False)
     return _persentropy_loss(live, truth, delta)
 
@@ -212,7 +212,7 @@ def loss_persentropy1(
     points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None = None,
     true_diagrams: Diagrams | None = None, delta: float = 0.001, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_persentropy1`` on H1 persistence ``d - b`` (families.md A.4 row 4)."""
+    """Topo-GEN ``loss_persentropy1`` on H1 persistence ``d - b`` (docs/references.md, Topo-GEN A.4 row 4)."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 1, backend, False)
     return _persentropy_loss(live, truth, delta)
 
@@ -246,7 +246,7 @@ def loss_dsigma0(
     points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None = None,
     true_diagrams: Diagrams | None = None, sigma: float = 0.05, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_dsigma0`` on finite H0 points (families.md A.4 row 5); can be negative."""
+    """Topo-GEN ``loss_dsigma0`` on finite H0 points (docs/references.md, Topo-GEN A.4 row 5); can be negative."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, True)
     return _dsigma_loss(live, truth, sigma)
 
@@ -255,7 +255,7 @@ def loss_dsigma1(
     points: torch.Tensor, true_points: torch.Tensor | None, diagrams: Diagrams | None = None,
     true_diagrams: Diagrams | None = None, sigma: float = 0.05, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_dsigma1`` on H1 points, all pairs (families.md A.4 row 6; see the module note)."""
+    """Topo-GEN ``loss_dsigma1`` on H1 points, all pairs (docs/references.md, Topo-GEN A.4 row 6; see the module note)."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 1, backend, True)
     return _dsigma_loss(live, truth, sigma)
 
@@ -274,7 +274,7 @@ def loss_density(
     true_diagrams: Diagrams | None = None, sigma: float = 0.2, scale: float = 0.002,
     maxrange: float = 35.0, npoints: int = 30, backend: str = "giotto",
 ) -> LossValue:
-    """Topo-GEN ``loss_density`` (families.md A.4 row 7): ``mean_x (f_D(x) - f_G(x))^2``,
+    """Topo-GEN ``loss_density`` (docs/references.md, Topo-GEN A.4 row 7): ``mean_x (f_D(x) - f_G(x))^2``,
     ``x in linspace(0, maxrange, npoints)``, over finite H0 deaths."""
     live, truth = _live_and_truth(points, true_points, diagrams, true_diagrams, 0, backend, True)
     if live.shape[0] == 0:

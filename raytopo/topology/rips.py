@@ -1,8 +1,8 @@
 """Vietoris-Rips persistence of point clouds, with the edges that create and destroy each feature.
 
 The filtration is the Euclidean Vietoris-Rips filtration with Z/2 coefficients, no threshold and no
-edge collapse, exactly as Topo-GEN calls giotto-ph (``shared/reference/families.md`` A.2). Every diagram
-point is tied to edges of the cloud (DESIGN.md section 4, ``Diagram`` docstring):
+edge collapse, exactly as Topo-GEN calls giotto-ph (docs/references.md, Topo-GEN A.2). Every diagram
+point is tied to edges of the cloud (docs/references.md, Design 4, ``Diagram`` docstring):
 
 * H0: ``(0, d)`` born at vertex ``v`` (birth cell ``(v, v)``) and killed by the edge ``(a, b)`` with
   ``d = ||P[a] - P[b]||``. Exactly one essential H0 point: death ``+inf``, death cell ``(-1, -1)``.
@@ -14,7 +14,7 @@ instead (so they agree exactly with the differentiable rebuild in ``regularisers
 checking that they match giotto-ph's own values: a check that the generator rows are aligned with the
 diagram rows. Zero-persistence pairs are not reported (as in ripser).
 
-Backends: ``"giotto"`` (giotto-ph ``ripser_parallel``, the fastest measured, ``measurements.md`` section 2)
+Backends: ``"giotto"`` (giotto-ph ``ripser_parallel``, the fastest measured, docs/references.md, Design 9)
 and ``"gudhi"`` (``RipsComplex`` + ``flag_persistence_generators``; 60-90x slower, fine for small clouds).
 """
 

@@ -1,4 +1,4 @@
-"""File-name label parsing (TDN conventions, tdn.md section 4)."""
+"""File-name label parsing (TDN conventions, docs/references.md, TDN 4)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def test_gradient_reaches_the_model_through_pred_x0(mean_type):
 
 
 def test_pred_x0_chain_factor_and_clamp():
-    """d x0_hat / d eps = -sqrt(1/abar_t - 1) where unclamped, 0 where the clamp is active (tdn.md 2.7)."""
+    """d x0_hat / d eps = -sqrt(1/abar_t - 1) where unclamped, 0 where the clamp is active (docs/references.md, TDN 2.7)."""
     betas = cosine_betas(100)
     d = GaussianDiffusion(betas, "epsilon", "fixed_large", "mse")
     x0, noise = _batch(b=2)

@@ -42,7 +42,7 @@ def test_cosine_cumulative_alphas_follow_eq17(steps):
 
 
 def test_cosine_chain_factor_matches_tdn_table():
-    """tdn.md 2.7: sqrt(1/abar_t - 1) for the cosine schedule at T = 1000 (values as printed there)."""
+    """docs/references.md, TDN 2.7: sqrt(1/abar_t - 1) for the cosine schedule at T = 1000 (values as printed there)."""
     abar = np.cumprod(1.0 - cosine_betas(1000))
     table = {0: (0.006, 5e-4), 250: (0.43, 5e-3), 500: (1.02, 5e-3), 750: (2.45, 5e-3),
              900: (6.43, 5e-3), 990: (71.0, 0.5), 999: (2.0e4, 0.05e4)}

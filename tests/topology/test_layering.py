@@ -1,4 +1,4 @@
-"""Ray stays at the edges: the math packages import without Ray (DESIGN.md sections 2 and Standards)."""
+"""Ray stays at the edges: the math packages import without Ray (docs/architecture.md, section 1)."""
 
 import subprocess
 import sys

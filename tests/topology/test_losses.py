@@ -58,7 +58,7 @@ def test_birth_and_death_switches_select_terms():
 
 def test_match_mode_preserves_the_features_matched_to_ground_truth():
     # Four bumps of different heights against a ground truth with two components: the two matched features
-    # are the two most persistent ones (reference behaviour, tdn.md sec. 2.4), so match == count mode here.
+    # are the two most persistent ones (reference behaviour, docs/references.md, TDN 2.4), so match == count mode here.
     pred = blobs(32, [(6, 6), (6, 25), (25, 6), (25, 25)], [0.9, 0.7, 0.2, -0.3])
     gt = -np.ones((32, 32))
     gt[3:9, 3:9] = 1.0
@@ -132,8 +132,8 @@ def test_channels_are_averaged_and_samples_kept_apart():
 
 
 def test_empty_target_mask_penalises_every_component():
-    # The reference returns zero loss for an empty ground truth (tdn.md 2.9 item 4); here every predicted
-    # feature is denoised and the essential one pushed to background.
+    # The reference returns zero loss for an empty ground truth (docs/references.md, TDN 2.9 item 4); here every
+    # predicted feature is denoised and the essential one pushed to background.
     pred = torch.tensor(two_plateaus())[None, None]
     empty = -torch.ones_like(pred)
     loss = tdn_loss(pred, empty, TDNLossConfig(selection="match", noisy=True))

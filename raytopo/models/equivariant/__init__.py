@@ -1,4 +1,4 @@
-"""Group-equivariant networks for the ``equivariant`` family (Structure Preserving Diffusion, families.md B).
+"""Group-equivariant networks for the ``equivariant`` family (Structure Preserving Diffusion, docs/references.md, Equivariant B).
 
 - ``groups``: the grid symmetry groups "trivial", "Z2" (horizontal flip), "C4", "D4" and their actions.
 - ``kernels``: G-invariant kernels, mechanisms "kernel" (orbit sum) and "symmetric" (one parameter per orbit).

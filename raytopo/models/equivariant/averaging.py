@@ -1,5 +1,5 @@
-"""Frame averaging (reference mechanism 3, group-averaged sampling; families.md B.2), i.e. Puny et al. 2022's frame
-averaging with the whole group as the frame.
+"""Frame averaging (reference mechanism 3, group-averaged sampling; docs/references.md, Equivariant B.2), i.e.
+Puny et al. 2022's frame averaging with the whole group as the frame.
 
 ``GroupAveraged(f, G)(x) = 1/|G| sum_g g^-1 . f(g . x)`` is exactly G-equivariant for any ``f``: for ``u`` in G,
 substituting ``g' = g u`` gives ``result(u x) = u result(x)``. It costs ``|G|`` evaluations of ``f``, done here in

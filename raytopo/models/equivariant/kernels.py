@@ -5,8 +5,8 @@ every ``g`` in G, commutes with the action of G on images (``groups.py``). Both 
 ``weight`` of ``nn.Conv2d`` modules with ``torch.nn.utils.parametrize``, so the feature layout stays ``C x H x W``
 and every other layer is untouched:
 
-- ``"kernel"`` (reference ``KernelGConv2d``, families.md B.2): the stored tensor ``V`` has the kernel's shape and
-  the conv uses the orbit sum ``W = sum_{g in G} g.V``. This is the reference's
+- ``"kernel"`` (reference ``KernelGConv2d``, docs/references.md, Equivariant B.2): the stored tensor ``V`` has the
+  kernel's shape and the conv uses the orbit sum ``W = sum_{g in G} g.V``. This is the reference's
   ``bias + sum_g conv(x, g.W)`` folded into one convolution. Unlike the reference's D4 branch (which doubles the
   rotation partial sum before adding the flipped terms and so is only C4-symmetric), all 8 D4 elements are
   summed once. (For 3x3 kernels the C4 and D4 orbits of kernel positions coincide, so the reference's C4-symmetric

@@ -1,6 +1,6 @@
 """Topo-GEN's convolutional VAE, its per-sample loss terms, and the VAE / TopoVAE pair trained side by side.
 
-Architecture (``shared/reference/families.md`` A.5; Topo-GEN ``model.py``): encoder conv ``C -> c1`` and
+Architecture (docs/references.md, Topo-GEN A.5; Topo-GEN ``model.py``): encoder conv ``C -> c1`` and
 ``c1 -> c2`` (kernel 4, stride 2, padding 1, ReLU), a fully connected layer to ``hidden`` (ReLU), then two
 heads for the mean ``mu`` and the log-variance ``logvar`` of ``q(z | x)``; the decoder mirrors it (``z ->
 hidden -> c2 * (S/4)^2``, two transposed convolutions) and ends in a sigmoid, so reconstructions are in
