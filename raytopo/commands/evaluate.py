@@ -1,12 +1,13 @@
 """`raytopo evaluate DIR`: topology metrics of a folder of generated masks labelled by file name.
 
-The TDN reference evaluation (tdn.md section 5), with its gaps fixed:
+The TDN reference evaluation (docs/references.md, TDN 5), with its gaps fixed:
 
 * Every image directly in DIR (not in sub-folders) is read; its target count(s) come from its file name
   (:func:`raytopo.data.labels.parse_label`). A name that does not fit the convention, a non-integer count,
   an unreadable image and an empty folder are one-line errors; nothing is skipped.
 * Binarisation: channel 0 of the 8-bit image, foreground ``> 128`` (palette and 1-bit images are first
-  converted to RGBA/8-bit; 16-bit and float images are refused rather than guessed at).
+  converted to RGBA/8-bit; 16-bit grey images are scaled to 8 bits and 32-bit/float images refused, as in
+  training: :func:`raytopo.data.folder.open_image`).
 * ``--dim 0``: components, measured twice, with 4- and with 8-connectivity (the reference reports both).
   ``--dim 1``: holes (vertex construction, see :mod:`raytopo.topology.betti`). ``--dim both``: the two
   counts of a ``u_v_xxx`` name are evaluated separately, components against ``u`` and holes against
@@ -41,6 +42,7 @@ import numpy as np
 from raytopo.data.folder import open_image, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
+from raytopo.progress import progress
 from raytopo.eval.topology_metrics import count_histogram, count_mask, count_metrics
 from raytopo.topology.betti import binarise
 
@@ -105,7 +107,7 @@ def read_mask(path: Path) -> np.ndarray:
     """An image file as 8-bit pixels, ``[H, W]`` or ``[H, W, C]`` (binarise takes channel 0, ``> 128``).
 
     Raises:
-        InputError: the file cannot be read or decoded, or it is a 16-bit/float image.
+        InputError: the file cannot be read or decoded, or it is a 32-bit/float image.
     """
     try:
         data = path.read_bytes()
@@ -113,8 +115,6 @@ def read_mask(path: Path) -> np.ndarray:
         raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
     image = open_image(data, str(path))
     if image.mode not in _EIGHT_BIT_MODES:
-        if image.mode.startswith(("I", "F")):
-            raise InputError(f"{path}: expected an 8-bit image (0-255), got PIL mode {image.mode}")
         image = image.convert("RGBA")  # palette, 1-bit, CMYK, ...: channel 0 becomes red/grey 0-255
     return np.asarray(image)
 
@@ -142,7 +142,7 @@ def evaluate_folder(
     index = scan_folder(path, convention, recursive=False)
     true = {m.name: [] for m in measures}
     pred = {m.name: [] for m in measures}
-    for file, label in zip(index.files, index.labels):
+    for file, label in progress(zip(index.files, index.labels), f"evaluating {path}", total=len(index.files)):
         foreground = binarise(read_mask(file))
         for m in measures:
             true[m.name].append(_integer_count(label.counts[m.label_index], file))

@@ -24,21 +24,16 @@ class TopologyArgs:
 
 
 def read_grayscale(path: Path) -> np.ndarray:
-    """An image file as a float array in [0, 1] (channel 0 of a colour image, as the TDN evaluation)."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as a float array in [0, 1]: channel 0 of the 8-bit image / 255, as the TDN evaluation
+    (the same decoding and depth handling as training: :func:`raytopo.data.folder.open_image`)."""
+    from raytopo.commands.evaluate import read_mask
 
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            array = np.asarray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise InputError(f"{path}: not a readable image ({error.__class__.__name__})") from None
+    array = read_mask(path)
     if array.ndim == 3:
         array = array[..., 0]
-    array = array.astype(np.float64)
-    return array / 255.0 if array.max() > 1.0 else array
+    return array.astype(np.float64) / 255.0
 
 
 def topology_report(image: np.ndarray, dims: tuple[int, ...], top: int) -> tuple[dict, list[Diagram]]:

@@ -19,11 +19,11 @@ from raytopo.errors import InputError
 _LAYOUTS = "[N,H,W], [N,C,H,W] or [N,H,W,C] with C in {1,3}"
 
 
-def load_npy(path: str | Path, what: str) -> np.ndarray:
-    """``np.load`` without pickles; InputError naming the file when it is missing or not an array."""
+def load_npy(path: str | Path, what: str, mmap: bool = False) -> np.ndarray:
+    """``np.load`` without pickles (memory-mapped with ``mmap``); InputError naming a missing or bad file."""
     path = Path(path)
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise InputError(f"{path}: expected a .npy file of {what}, found no such file") from None
     except (OSError, ValueError) as error:
@@ -32,6 +32,15 @@ def load_npy(path: str | Path, what: str) -> np.ndarray:
 
 def as_uint8_hwc(images: np.ndarray, name: str) -> np.ndarray:
     """The array as uint8 ``[N, H, W, C]``; InputError naming ``name`` for a bad layout or value range."""
+    images = check_image_array(images, name)
+    return images if images.dtype == np.uint8 else (images * 255).round().astype(np.uint8)
+
+
+def check_image_array(images: np.ndarray, name: str, chunk: int = 4096) -> np.ndarray:
+    """``images`` viewed as ``[N, H, W, C]`` after checking layout, dtype, finiteness and range.
+
+    Values are scanned ``chunk`` images at a time, so a memory-mapped array is checked without loading it.
+    """
     if images.ndim == 3:
         images = images[..., None]
     elif images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
@@ -40,11 +49,17 @@ def as_uint8_hwc(images: np.ndarray, name: str) -> np.ndarray:
         raise InputError(f"{name}: expected images shaped {_LAYOUTS}, got shape {images.shape}")
     if images.dtype == np.uint8:
         return images
-    if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+    if not np.issubdtype(images.dtype, np.floating):
         raise InputError(f"{name}: expected uint8 or finite float pixels, got dtype {images.dtype}")
-    if images.min() < 0 or images.max() > 1:
-        raise InputError(f"{name}: expected float pixels in [0, 1], got [{images.min():.3g}, {images.max():.3g}]")
-    return (images * 255).round().astype(np.uint8)
+    for start in range(0, len(images), chunk):
+        part = np.asarray(images[start:start + chunk])
+        if not np.isfinite(part).all():
+            row = start + int(np.argmax(~np.isfinite(part.reshape(len(part), -1)).all(axis=1)))
+            raise InputError(f"{name}: expected finite float pixels, image {row} has NaN or inf")
+        if part.min() < 0 or part.max() > 1:
+            raise InputError(f"{name}: expected float pixels in [0, 1], got [{part.min():.3g}, {part.max():.3g}] "
+                             f"in images {start}..{start + len(part) - 1}")
+    return images
 
 
 def load_image_array(path: str | Path, image_size: int, channels: int) -> np.ndarray:

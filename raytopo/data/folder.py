@@ -50,6 +50,7 @@ def scan_folder(
     convention: LabelConvention | str,
     recursive: bool = True,
     object_index: Mapping[str, int] | None = None,
+    count_limit: float | None = None,
 ) -> FolderIndex:
     """List the images under ``root`` and parse every label up front.
 
@@ -59,10 +60,11 @@ def scan_folder(
         recursive: also list sub-folders.
         object_index: a fixed name -> index map (e.g. the training set's, for a validation folder);
             default: :func:`~raytopo.data.labels.object_index_map` of the names found here.
+        count_limit: the largest count a file name may carry (None: no bound).
 
     Raises:
-        InputError: missing or empty folder, a file name that does not fit the convention, or an object
-            name missing from ``object_index``.
+        InputError: missing or empty folder, a file name that does not fit the convention, a count above
+            ``count_limit``, or an object name missing from ``object_index``.
     """
     convention = as_convention(convention)
     root = Path(root)
@@ -74,6 +76,9 @@ def scan_folder(
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise InputError(f"{root}: expected image files ({extensions}), found none")
     labels = tuple(parse_label(p, convention) for p in files)
+    if count_limit is not None:
+        for path, label in zip(files, labels):
+            check_count_limit(label.counts, count_limit, str(path))
     return FolderIndex(root, convention, files, labels, _object_index(files, labels, convention, object_index))
 
 
@@ -86,8 +91,19 @@ def decode_image(data: bytes, image_size: int, channels: int, name: str) -> np.n
     return preprocess_image(open_image(data, name), image_size, channels)
 
 
+def check_count_limit(counts: tuple[float, ...] | list[float], count_limit: float, name: str) -> None:
+    """InputError naming ``name`` when a label count exceeds ``count_limit`` (``data.count_limit``)."""
+    if counts and max(counts) > count_limit:
+        raise InputError(f"{name}: expected counts <= {count_limit:g} (data.count_limit), got {max(counts):g}")
+
+
 def open_image(data: bytes, name: str) -> Image.Image:
-    """A fully loaded PIL image from encoded bytes; InputError naming ``name`` if it cannot be decoded."""
+    """A fully loaded 8-bit PIL image from encoded bytes; InputError naming ``name`` if it cannot be decoded.
+
+    Image depth is handled here, once, for training, packing, evaluation and ``raytopo topology``: 16-bit
+    grey images (PIL modes ``I;16*``) are scaled to 0..255 (``round(x / 257)``, so 65535 -> 255), not clipped;
+    32-bit integer and float images (modes ``I`` and ``F``) have no agreed range and are refused.
+    """
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -95,6 +111,15 @@ def open_image(data: bytes, name: str) -> Image.Image:
         raise InputError(f"{name}: expected a readable image file, could not decode it ({error})") from None
     if min(image.size) < 1:
         raise InputError(f"{name}: expected a non-empty image, got size {image.size}")
+    return _as_eight_bit(image, name)
+
+
+def _as_eight_bit(image: Image.Image, name: str) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.round(pixels / 257.0).astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
+        raise InputError(f"{name}: expected an 8- or 16-bit image, got PIL mode {image.mode} (32-bit pixels)")
     return image
 
 
@@ -129,9 +154,10 @@ class ImageFolderDataset(Dataset):
         channels: int = 1,
         recursive: bool = True,
         object_index: Mapping[str, int] | None = None,
+        count_limit: float | None = None,
     ) -> None:
         _check_image_args(image_size, channels)
-        self.index = scan_folder(root, convention, recursive, object_index)
+        self.index = scan_folder(root, convention, recursive, object_index, count_limit)
         self.image_size = image_size
         self.channels = channels
 

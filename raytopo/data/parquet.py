@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from raytopo.data.folder import FolderIndex, decode_image, open_image, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
+from raytopo.progress import progress
 
 if TYPE_CHECKING:
     import ray.data
@@ -176,7 +177,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         return
     entries = sorted(out.iterdir())
     if entries and not overwrite:
-        raise InputError(f"{out}: expected a missing or empty directory (pass overwrite=True to replace its shards)")
+        raise InputError(f"{out}: expected a missing or empty directory (pass --overwrite to replace its shards)")
     foreign = [e.name for e in entries if not (e.is_file() and _SHARD_NAME.fullmatch(e.name))]
     if foreign:
         raise InputError(
@@ -193,7 +194,7 @@ def _write_shards(index: FolderIndex, staging: Path, rows_per_shard: int) -> lis
     }
     schema = SCHEMA.with_metadata(metadata)
     names = []
-    for start in range(0, len(index.files), rows_per_shard):
+    for start in progress(range(0, len(index.files), rows_per_shard), f"packing {index.root}", "shard"):
         rows = range(start, min(start + rows_per_shard, len(index.files)))
         name = f"part-{len(names):05d}.parquet"
         pq.write_table(_shard_table(index, rows, schema), staging / name)

@@ -42,6 +42,7 @@ from PIL import Image
 from scipy import ndimage
 
 from raytopo.errors import ConfigError, InputError
+from raytopo.progress import progress
 
 Dim = Literal["0", "1", "both"]
 SHAPE_KINDS: tuple[str, ...] = ("circle", "rectangle", "triangle")
@@ -166,15 +167,15 @@ def write_shapes_dataset(config: ShapesConfig, n: int, out_dir: str | Path) -> l
     early with a ConfigError), the files are written into a temporary sibling directory, and that
     directory is renamed to ``out_dir`` only when every file is written.
     """
-    _check_int("n", n, 0)
+    _check_int("n", n, 1)
     out = Path(out_dir)
     _check_empty_output_dir(out)
-    _check_capacity(config)
+    check_capacity(config)
     width = max(4, len(str(max(n - 1, 0))))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        names = [_write_image(config, index, width, staging) for index in range(n)]
+        names = [_write_image(config, index, width, staging) for index in progress(range(n), f"writing {out}", "mask")]
         if out.is_dir():
             out.rmdir()  # empty (checked); fails rather than deleting anything written since
         os.replace(staging, out)
@@ -342,7 +343,8 @@ def _filled_and_hollow(counts: int | Sequence[int], dim: Dim) -> tuple[int, int]
     return components - holes, holes
 
 
-def _check_capacity(config: ShapesConfig) -> None:
+def check_capacity(config: ShapesConfig) -> None:
+    """ConfigError when ``max_count`` shapes cannot be placed on a ``size`` image (tries one such mask)."""
     counts = (config.max_count, config.max_count) if config.dim == "both" else config.max_count
     kind = SHAPE_KINDS[0] if config.objects else None
     rng = np.random.default_rng((config.seed, _PROBE_STREAM))

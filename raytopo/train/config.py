@@ -35,6 +35,9 @@ class DataConfig:
     * ``npy``: one ``.npy`` array of images ``[N,H,W]``, ``[N,C,H,W]`` or ``[N,H,W,C]`` (uint8 0..255 or float
       in [0, 1]), with optional integer class labels in ``labels_path``;
     * ``parquet``: shards written by ``raytopo data pack``, streamed by Ray Data.
+
+    ``count_limit`` bounds the counts a label may carry (file names, parquet rows): a count of 1e20 in a file
+    name is a typo, not a target, and is rejected naming the file.
     """
 
     source: Literal["shapes", "glyphs", "garments", "folder", "npy", "parquet"] = "shapes"
@@ -48,6 +51,7 @@ class DataConfig:
     num_images: int = 1024
     min_count: int = 1
     max_count: int = 5
+    count_limit: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +67,8 @@ class DataConfig:
             raise ConfigError(
                 f"data.min_count/max_count: expected 0 <= min_count <= max_count, got {self.min_count}, {self.max_count}"
             )
+        if self.max_count > self.count_limit:
+            raise ConfigError(f"data.max_count: expected <= data.count_limit ({self.count_limit}), got {self.max_count}")
         if self.num_images < 1:
             raise ConfigError(f"data.num_images: expected >= 1, got {self.num_images}")
 
@@ -77,6 +83,9 @@ class TrainConfig:
     """Optimisation and bookkeeping. ``batch_size`` is per worker.
 
     ``warmup_steps``: the learning rate rises linearly from lr / warmup_steps to lr over the first steps.
+    ``sample_every`` / ``eval_every`` (0 = never): every so many steps rank 0 writes a preview grid of EMA
+    samples (``sample_steps`` DDIM steps) / the family's evaluation of its EMA samples (``eval_per_count`` per
+    target count for count families) to TensorBoard.
     ``ema_warmup``: the EMA rate at step n is min(ema_rate, (1 + n) / (10 + n)), so the average forgets the
     random initialisation within a few hundred steps instead of ~1 / (1 - ema_rate) (a 0.9999 EMA is still 37%
     initial weights after 10k steps without it).
@@ -96,6 +105,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     sample_every: int = 0
     sample_steps: int = 25
+    eval_every: int = 0
+    eval_per_count: int = 8
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "microbatches", "log_every", "checkpoint_every", "sample_steps"):
@@ -111,8 +122,11 @@ class TrainConfig:
             raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
         if not 0 <= self.ema_rate < 1:
             raise ConfigError(f"train.ema_rate: expected in [0, 1), got {self.ema_rate}")
-        if self.sample_every < 0:
-            raise ConfigError(f"train.sample_every: expected >= 0 (0 = never), got {self.sample_every}")
+        for name in ("sample_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}: expected >= 0 (0 = never), got {getattr(self, name)}")
+        if self.eval_per_count < 1:
+            raise ConfigError(f"train.eval_per_count: expected >= 1, got {self.eval_per_count}")
 
 
     def lr_at(self, step: int) -> float:
@@ -182,8 +196,10 @@ class RunConfig:
 
 def parse_run_config(data: dict[str, Any]) -> RunConfig:
     """A validated RunConfig, the family's ``model`` section included (fails before any worker starts)."""
-    from raytopo.registry import get_family
+    from raytopo.registry import family_names, get_family
 
+    if not data.get("family"):
+        raise ConfigError(f"family: required, the model family to train; expected one of {', '.join(family_names())}")
     run = from_dict(RunConfig, data)
     family = get_family(run.family)
     family.parse(run)  # validates the model section; raises ConfigError naming the field

@@ -37,6 +37,28 @@ def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     return loaders[data.source](data)
 
 
+def check_data_source(data: DataConfig) -> None:
+    """Check the whole source on the driver (streaming) so bad data fails before any Ray worker starts.
+
+    Raises `InputError`/`ConfigError` with one line naming the file and what was expected.
+    """
+    from raytopo.data import validate
+
+    if data.source == "shapes":
+        from raytopo.data.shapes import check_capacity
+
+        try:
+            check_capacity(_shapes_config(data))
+        except ConfigError as error:
+            raise ConfigError(f"data (source shapes, image_size {data.image_size}): {error}") from None
+    elif data.source == "folder":
+        validate.check_image_folder(data.path, data.convention, data.count_limit)
+    elif data.source == "npy":
+        validate.check_npy_images(data.path, data.labels_path)
+    elif data.source == "parquet":
+        validate.check_parquet_pack(data.path, data.convention, data.count_limit)
+
+
 def batch_iterator(data: DataConfig, batch_size: int, rank: int, world: int, seed: int,
                    start_step: int, device: torch.device) -> Iterator[Batch]:
     """Endless batches for one worker, positioned at ``start_step`` (so a resume does not repeat data)."""
@@ -61,11 +83,17 @@ def _array_batches(arrays: dict[str, np.ndarray], batch_size: int, rank: int, wo
         step += 1
 
 
-def _shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    from raytopo.data.shapes import ShapesConfig, shape_example
+def _shapes_config(data: DataConfig):
+    from raytopo.data.shapes import ShapesConfig
 
-    config = ShapesConfig(dim=data.shapes_dim, size=data.image_size, max_count=data.max_count,
-                          min_count=data.min_count, seed=data.seed)
+    return ShapesConfig(dim=data.shapes_dim, size=data.image_size, max_count=data.max_count,
+                        min_count=data.min_count, seed=data.seed)
+
+
+def _shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    from raytopo.data.shapes import shape_example
+
+    config = _shapes_config(data)
     masks, counts = [], []
     for index in range(data.num_images):
         mask, label, _ = shape_example(config, index)
@@ -97,7 +125,8 @@ def _scaled(images: np.ndarray, channels: int) -> np.ndarray:
 def _folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     from raytopo.data.folder import ImageFolderDataset
 
-    dataset = ImageFolderDataset(data.path, data.convention, data.image_size, channels=data.channels)
+    dataset = ImageFolderDataset(data.path, data.convention, data.image_size, channels=data.channels,
+                                 count_limit=data.count_limit)
     items = [dataset[i] for i in range(len(dataset))]
     return {key: np.stack([item[key].numpy() for item in items]) for key in items[0]}
 

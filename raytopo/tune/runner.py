@@ -2,7 +2,7 @@
 
 ``ray.tune.Tuner(tune.with_resources(tune.with_parameters(run_trial, space=...), {"CPU": driver_cpus}),
 param_space=..., tune_config=tune.TuneConfig(...), run_config=tune.RunConfig(...))``: Tune's own RunConfig for the
-Tuner, Ray Train's inside each trial (DESIGN.md section 5). The sweep lives in ``<storage_path>/<name>``; each
+Tuner, Ray Train's inside each trial (docs/references.md, Design 5). The sweep lives in ``<storage_path>/<name>``; each
 trial's training run in ``<trial dir>/train``; the best run config is written to ``<storage_path>/<name>/
 best_config.yaml``. ``resume=True`` continues an interrupted sweep with ``Tuner.restore(..., resume_errored=True)``:
 finished trials are kept, unfinished and errored ones run again (continuing from their newest checkpoint).
@@ -52,12 +52,14 @@ def experiment_dir(space: TuneSpace) -> Path:
 
 def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False) -> SweepOutcome:
     """Run (or with ``resume`` continue) the sweep; a failing trial is a row of the table, not an exception."""
+    from raytopo.train.data import check_data_source
     from raytopo.train.trainer import ensure_ray
 
     folder = experiment_dir(space)
     if not resume and folder.exists():
         raise ConfigError(f"{folder}: a sweep named {space.name!r} is already there; pass --resume to continue "
                           f"it, or choose another --storage or name")
+    check_data_source(base_run(space).data)  # bad data fails here, before Ray and before every trial
     started_here = ensure_ray(address)
     check_trial_fits(space, strict=started_here)
     tuner = restore_tuner(space, folder) if resume else build_tuner(space)

@@ -123,7 +123,7 @@ def test_overwrite_protection(object_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "packed"
     pack_folder(object_folder, out, "count_object", rows_per_shard=3)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(InputError, match="overwrite=True"):
+    with pytest.raises(InputError, match="--overwrite"):
         pack_folder(object_folder, out, "count_object", rows_per_shard=100)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     shards = pack_folder(object_folder, out, "count_object", rows_per_shard=100, overwrite=True)

@@ -194,7 +194,18 @@ def test_user_errors_exit_2(
     _assert_one_line_error(code, err, fragment)
 
 
-def test_sixteen_bit_images_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    Image.fromarray(_squares(1).astype(np.uint16) * 257).save(tmp_path / "1_a.png")
-    code, _, err = _run(["evaluate", str(tmp_path)], capsys)
-    _assert_one_line_error(code, err, "8-bit")
+def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """16-bit masks are read as training reads them (x / 257, not clipped at 255); 32-bit floats are refused."""
+    squares = _squares(1).astype(np.uint16)
+    Image.fromarray(squares * 257).save(tmp_path / "1_a.png")      # 255 -> 65535: one square, counted right
+    Image.fromarray(squares * 100).save(tmp_path / "1_b.png")      # 255 -> 25500 -> 99 <= 128: background
+    code, out, _ = _run(["evaluate", str(tmp_path), "--json"], capsys)
+    assert code == 0
+    per_class = json.loads(out)["measures"]["dim0_conn4"]["metrics"]
+    assert per_class["accuracy"] == 0.5                              # clipping would have counted both
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    Image.fromarray(squares.astype(np.float32)).save(floats / "1_c.tiff")
+    code, _, err = _run(["evaluate", str(floats)], capsys)
+    _assert_one_line_error(code, err, "8- or 16-bit")
