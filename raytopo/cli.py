@@ -39,12 +39,35 @@ def _dims(text: str) -> tuple[int, ...]:
     return choices[text]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line (``raytopo sample: error: argument --per-count: expected >= 1, got 0``) and
+    exit status 2, like every other user error; ``--help`` shows the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (bad values fail at parsing, with the usage line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _topology(args: argparse.Namespace) -> int:
     from raytopo.commands.topology import TopologyArgs, run_topology
 
     plot = None
     if args.plot is not None:
-        plot = Path(args.plot) if args.plot else args.image.with_name(args.image.stem + "_diagram.png")
+        plot = Path(args.plot) if args.plot else args.out / (args.image.stem + "_diagram.png")
     return run_topology(TopologyArgs(args.image, args.dim, args.top, args.json, plot))
 
 
@@ -64,7 +87,7 @@ def _sample(args: argparse.Namespace) -> int:
     from raytopo.commands.sample import SampleArgs, run_sample
 
     return run_sample(SampleArgs(args.checkpoint, args.counts, args.per_count, args.out, args.sampler, args.steps,
-                                 args.eta, args.seed, args.batch_size, args.schedule, args.rho))
+                                 args.eta, args.seed, args.batch_size, args.schedule, args.rho, args.overwrite))
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -115,19 +138,19 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default="ddim", metavar="NAME",
                         help="%(choices)s (default ddim); ddpm samples with the posterior variance, ddpm_learned "
                              "with the model's learned variance (iDDPM)")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--steps", type=_at_least(1), default=50, help="sampling steps (default 50)")
     parser.add_argument("--eta", type=float, default=None,
                         help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
     parser.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default="default", metavar="NAME",
                         help="sigmas: default (the model's own evenly strided steps) or karras (eq. 5 of Karras"
                              " et al. 2022)")
     parser.add_argument("--rho", type=float, default=7.0, help="karras schedule exponent (default 7)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=_at_least(0), default=0)
+    parser.add_argument("--batch-size", type=_at_least(1), default=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="raytopo", description="Ray distributed training for topology-aware generative models."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,12 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     topology = commands.add_parser("topology", help="Betti numbers and persistence diagram of one image")
     topology.add_argument("image", type=Path, help="a PNG/JPEG mask or grayscale image (bright = foreground)")
     topology.add_argument("--dim", type=_dims, default=(0, 1), help="0, 1 or both (default both)")
-    topology.add_argument("--top", type=int, default=5, help="how many of the most persistent features to list")
+    topology.add_argument("--top", type=_at_least(0), default=5, help="how many of the most persistent features to list")
     topology.add_argument("--json", action="store_true", help="print JSON instead of text")
     topology.add_argument(
         "--plot", nargs="?", const="", default=None, metavar="PNG",
-        help="write a persistence-diagram plot (default: IMAGE_diagram.png next to the image)",
+        help="write a persistence-diagram plot (default: --out/IMAGE_diagram.png, never into the image's folder)",
     )
+    topology.add_argument("--out", type=Path, default=Path("."),
+                          help="folder for --plot's default file (default: the current folder)")
     topology.set_defaults(run=_topology)
 
     evaluate = commands.add_parser("evaluate", help="count accuracy, P/R/F1 and MAE of masks labelled by file name")
@@ -170,15 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("checkpoint", type=Path, help="a checkpoint directory written by raytopo train")
     sample.add_argument("--counts", default=None,
                         help="count-conditioned families: target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
-    sample.add_argument("--per-count", type=int, default=4,
+    sample.add_argument("--per-count", type=_at_least(1), default=4,
                         help="samples per target count, or in total for families without counts (default 4)")
     _add_sampler_arguments(sample)
     sample.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and grid.png")
+    sample.add_argument("--overwrite", action="store_true",
+                        help="replace the samples of an earlier run in --out (default: refuse a non-empty folder)")
     sample.set_defaults(run=_sample)
 
     score = commands.add_parser("score", help="a checkpoint's evaluation by its family (the metrics Tune reports)")
     score.add_argument("checkpoint", type=Path, help="a checkpoint directory written by raytopo train")
-    score.add_argument("--per-count", type=int, default=8,
+    score.add_argument("--per-count", type=_at_least(1), default=8,
                        help="evaluation size: samples per target count (tdn), per evaluation batch, ... (default 8)")
     _add_sampler_arguments(score)
     score.add_argument("--json", action="store_true", help="print JSON instead of one line per metric")
@@ -189,25 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True)
     shapes = data_commands.add_parser("shapes", help="synthetic masks with exact component/hole counts")
     shapes.add_argument("--dim", choices=["0", "1", "both"], default="0")
-    shapes.add_argument("--n", type=int, required=True, help="number of masks")
-    shapes.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    shapes.add_argument("--max-count", type=int, default=5)
-    shapes.add_argument("--min-count", type=int, default=1)
+    shapes.add_argument("--n", type=_at_least(1), required=True, help="number of masks")
+    shapes.add_argument("--size", type=_at_least(1), default=64, help="image side in pixels (default 64)")
+    shapes.add_argument("--max-count", type=_at_least(0), default=5)
+    shapes.add_argument("--min-count", type=_at_least(0), default=1)
     shapes.add_argument("--objects", action="store_true", help="one shape kind per mask, named c_kind_xxx.png")
-    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--seed", type=_at_least(0), default=0)
     shapes.add_argument("--out", type=Path, required=True)
     shapes.set_defaults(run=_data_shapes)
     pack = data_commands.add_parser("pack", help="pack a labelled image folder into parquet shards for Ray Data")
     pack.add_argument("folder", type=Path)
     pack.add_argument("--out", type=Path, required=True)
     pack.add_argument("--convention", choices=["count", "two_counts", "count_object"], default="count")
-    pack.add_argument("--rows-per-shard", type=int, default=1024)
+    pack.add_argument("--rows-per-shard", type=_at_least(1), default=1024)
     pack.add_argument("--overwrite", action="store_true", help="replace an existing pack (only its shards)")
     pack.set_defaults(run=_data_pack)
 
     tune = commands.add_parser("tune", help="a Ray Tune sweep over a YAML search space (see tune_spaces/)")
     tune.add_argument("space", type=Path, help="a YAML search space, e.g. tune_spaces/tdn_topo.yaml")
-    tune.add_argument("--num-samples", type=int, default=None, help="trials to sample (default: the space's)")
+    tune.add_argument("--num-samples", type=_at_least(1), default=None, help="trials to sample (default: the space's)")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     tune.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
     tune.add_argument("--storage", default=None, metavar="DIR",
@@ -221,16 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train the ADM-T base here (about 20 min on 2 CPUs) instead of using the shipped one")
     demo.add_argument("--export-base", type=Path, default=None, metavar="DIR",
                       help="with --from-scratch: also write the base as a shipped model (float16 EMA weights)")
-    demo.add_argument("--finetune-steps", type=int, default=DemoArgs.finetune_steps,
+    demo.add_argument("--finetune-steps", type=_at_least(1), default=DemoArgs.finetune_steps,
                       help=f"steps of ADM-T and of TDN from the base (identical budgets; default "
                            f"{DemoArgs.finetune_steps})")
-    demo.add_argument("--per-count", type=int, default=DemoArgs.per_count,
+    demo.add_argument("--per-count", type=_at_least(1), default=DemoArgs.per_count,
                       help=f"samples per count 1..5 (default {DemoArgs.per_count})")
     demo.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default=DemoArgs.sampler, metavar="NAME",
                       help="%(choices)s (default ddim)")
-    demo.add_argument("--steps", type=int, default=DemoArgs.sample_steps, help="sampling steps (default 50)")
-    demo.add_argument("--actors", type=int, default=DemoArgs.num_actors, help="TDN's persistence actors (default 2)")
-    demo.add_argument("--seed", type=int, default=DemoArgs.seed, help="fine-tuning and sampling seed (default 0)")
+    demo.add_argument("--steps", type=_at_least(1), default=DemoArgs.sample_steps, help="sampling steps (default 50)")
+    demo.add_argument("--actors", type=_at_least(0), default=DemoArgs.num_actors, help="TDN's persistence actors (default 2)")
+    demo.add_argument("--seed", type=_at_least(0), default=DemoArgs.seed, help="fine-tuning and sampling seed (default 0)")
     demo.add_argument("--verbose", action="store_true", help="also show Ray's own log lines")
     demo.set_defaults(run=_demo)
 
@@ -240,12 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     pointcloud.add_argument("--out", type=Path, required=True, help="folder for frames, GIF, points.npy, summary.json")
     pointcloud.add_argument("--points", type=Path, default=None, help="initial cloud: JSON [[x, y], ...] or .npy [N, 2]")
     pointcloud.add_argument("--target-points", type=Path, default=None, help="target cloud, same formats")
-    pointcloud.add_argument("--steps", type=int, default=None, help="Adam steps (default: the preset's)")
+    pointcloud.add_argument("--steps", type=_at_least(1), default=None, help="Adam steps (default: the preset's)")
     pointcloud.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     pointcloud.add_argument("--weights", default=None, metavar="W1,...,W7",
                             help="bottleneck0,bottleneck1,persentropy0,persentropy1,dsigma0,dsigma1,density")
     pointcloud.add_argument("--frame-every", type=int, default=None, help="steps between frames (default: preset's)")
-    pointcloud.add_argument("--seed", type=int, default=0, help="seed of the preset's clouds (default 0)")
+    pointcloud.add_argument("--seed", type=_at_least(0), default=0, help="seed of the preset's clouds (default 0)")
     pointcloud.add_argument("--scale", type=float, default=None, help="check scale (default: from the target)")
     pointcloud.add_argument("--no-push0", action="store_true", help="no push0 step when no loss applies")
     pointcloud.set_defaults(run=_pointcloud)
@@ -253,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a bad argument (usage + one line, status 2) or --help (status 0)
+        return int(exit_.code or 0)
     try:
         return args.run(args)
     except RaytopoError as error:

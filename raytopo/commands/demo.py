@@ -14,6 +14,7 @@ The recipe (x0 prediction, warm-ups, topology weight) and its measurements are i
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -110,7 +111,8 @@ def run_demo(args: DemoArgs) -> int:
     out = _fresh_demo_folder(args.out.expanduser().resolve())
     timings = Timings()
     started = time.perf_counter()
-    timings.run("start Ray", ensure_ray, args.address, log_to_driver=args.verbose)
+    quiet = {} if args.verbose else {"logging_level": logging.ERROR}   # Ray's own lines only with --verbose
+    timings.run("start Ray", ensure_ray, args.address, log_to_driver=args.verbose, **quiet)
     if args.from_scratch:
         base = str(timings.run("train the ADM-T base from scratch", _train, base_config(out)))
         if args.export_base:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ class SampleArgs:
     batch_size: int = 16
     schedule: str = "default"
     rho: float = 7.0
+    overwrite: bool = False
 
 
 def sampler_settings(args: Any) -> "SamplerSettings":
@@ -71,18 +74,22 @@ def load_model_for_sampling(checkpoint: Path):
 
 
 def run_sample(args: SampleArgs) -> int:
-    if args.per_count < 1:
-        raise InputError(f"--per-count: expected >= 1, got {args.per_count}")
+    for name in ("per_count", "batch_size", "steps"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
     from raytopo.parallel.cpus import use_free_cpus
 
     settings = sampler_settings(args)
+    check_output_folder(args.out, args.overwrite)
     use_free_cpus()
     family, run, model = load_model_for_sampling(args.checkpoint)
     if run.data.has_counts:
         if args.counts is None:
             raise InputError(f"--counts: required for a model trained on counts (family {run.family!r})")
         counts_per_image = 2 if run.data.convention == "two_counts" else 1
-        targets = [t for t in parse_counts(args.counts, counts_per_image) for _ in range(args.per_count)]
+        requested = parse_counts(args.counts, counts_per_image)
+        warn_outside_training_range(requested, run.data.min_count, run.data.max_count)
+        targets = [t for t in requested for _ in range(args.per_count)]
         images = generate(family, run, model, targets, settings, args.batch_size)
     else:
         if args.counts is not None:
@@ -93,10 +100,46 @@ def run_sample(args: SampleArgs) -> int:
         with torch.no_grad():
             images = sample_in_batches(family, model, run, args.per_count, {}, settings, args.batch_size,
                                        progress="sampling")
+    if args.overwrite:
+        remove_earlier_samples(args.out)
     paths = write_samples(images, targets, args.out)
     grid_path = write_grid(images, args.out)
     print(f"wrote {len(paths)} samples to {args.out} and a grid to {grid_path}")
     return 0
+
+
+SAMPLE_NAME = re.compile(r"(\d+_){0,2}\d{5}\.png")
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder without ``--overwrite`` (earlier samples are never replaced
+    silently, and a mix of old and new samples would be evaluated as one set)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: expected a folder, found a file")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"--out {out}: the folder is not empty (earlier samples?); pass --overwrite to replace "
+                         "them, or choose a new folder")
+
+
+def remove_earlier_samples(out: Path) -> None:
+    """With ``--overwrite``: delete the files an earlier `raytopo sample` wrote there (and nothing else)."""
+    if not out.is_dir():
+        return
+    for path in out.iterdir():
+        if path.is_file() and SAMPLE_NAME.fullmatch(path.name):
+            path.unlink()
+    grid = out / "grid" / "grid.png"
+    if grid.is_file():
+        grid.unlink()
+
+
+def warn_outside_training_range(targets: list[tuple[float, ...]], low: int, high: int) -> None:
+    """A warning on stderr for target counts the model never saw (it still samples them)."""
+    outside = sorted({c for target in targets for c in target if not low <= c <= high})
+    if outside:
+        values = ", ".join(f"{c:g}" for c in outside)
+        print(f"raytopo sample: warning: --counts {values} outside the range the model was trained on "
+              f"({low}..{high}); its samples may not follow them", file=sys.stderr)
 
 
 def write_grid(images: torch.Tensor, out: Path) -> Path:

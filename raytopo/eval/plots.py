@@ -51,6 +51,7 @@ def save_diagram_plot(diagrams: Sequence[Diagram], path: str | Path, title: str 
 
     figure = diagram_figure(diagrams, title)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
     return path

@@ -1,4 +1,4 @@
-"""Checkpoint directories (DESIGN.md section 4).
+"""Checkpoint directories (docs/references.md, Design 4).
 
 A checkpoint is a directory holding::
 
@@ -92,6 +92,16 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
         family=str(state.get("family")),
         config=json.loads((path / "config.json").read_text()),
     )
+
+
+def load_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """The run config a checkpoint was written with (its ``config.json``), without loading any weights."""
+    from raytopo.pretrained import resolve
+
+    path = resolve(directory) / "config.json"
+    if not path.is_file():
+        raise InputError(f"{path.parent}: not a raytopo checkpoint (missing config.json)")
+    return json.loads(path.read_text())
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float16) -> Path:

@@ -64,15 +64,22 @@ class RunLogger:
         return f"[raytopo] step {step}/{self.total_steps}  {terms}  ETA {_duration(eta)}"
 
     def images(self, step: int, name: str, images: torch.Tensor, captions: list[str] | None = None) -> None:
-        """A grid of images (in [-1, 1]) as ``samples/<name>``, its captions as text, and the persistence
+        """A grid of images (in [-1, 1]) as ``samples/<name>``, upscaled to at least ``MIN_TILE`` px per image and,
+        with captions, one row per caption (e.g. per requested count) labelled on its left; plus the persistence
         diagram of the first image (superlevel filtration)."""
         if not self.enabled:
             return
-        grid = image_grid(images)
+        grid = labelled_grid(images, captions) if captions else upscale(image_grid(images), images.shape[-1])
         self.writer.add_image(f"samples/{name}", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
-        if captions:
-            self.writer.add_text(f"samples/{name}", " ".join(captions), step)
         self.writer.add_figure(f"persistence_diagram/{name}", _diagram_figure(images[0]), step)
+        self.writer.flush()
+
+    def evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
+        """The family's evaluation metrics (e.g. count accuracy, F1, MAE) as ``eval/<name>`` scalars."""
+        if not self.enabled:
+            return
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"eval/{key}", float(value), step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -92,6 +99,38 @@ def image_grid(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
         top, left = 1 + r * (height + 1), 1 + c * (width + 1)
         grid[top:top + height, left:left + width] = array[index].transpose(1, 2, 0)
     return grid[..., 0] if channels == 1 else grid
+
+
+MIN_TILE = 96   # pixels per image side in TensorBoard grids: a 32 px mask is upscaled 3x (nearest)
+
+
+def upscale(grid: np.ndarray, tile: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of a grid of ``tile``-px images so each is at least ``MIN_TILE`` px."""
+    factor = max(1, -(-MIN_TILE // tile))
+    return grid.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def labelled_grid(images: torch.Tensor, captions: list[str], label_width: int = 40) -> np.ndarray:
+    """One row per distinct caption (in order of first appearance) holding its images, the caption written in a
+    left margin; upscaled like `upscale`. Returns HW (grey) or HWC uint8."""
+    from PIL import Image, ImageDraw
+
+    groups: dict[str, list[int]] = {}
+    for index, caption in enumerate(captions):
+        groups.setdefault(caption, []).append(index)
+    columns = max(len(indices) for indices in groups.values())
+    rows = [upscale(image_grid(images[indices], columns=columns), images.shape[-1]) for indices in groups.values()]
+    rows = [np.pad(row, [(0, 0), (0, rows[0].shape[1] - row.shape[1])] + [(0, 0)] * (row.ndim - 2),
+                   constant_values=128) for row in rows]
+    body = np.concatenate(rows, axis=0)
+    margin = np.full((body.shape[0], label_width) + body.shape[2:], 255, dtype=np.uint8)
+    picture = Image.fromarray(np.concatenate([margin, body], axis=1))
+    draw = ImageDraw.Draw(picture)
+    top = 0
+    for caption, row in zip(groups, rows):
+        draw.text((4, top + row.shape[0] // 2 - 5), caption[:6], fill=0)
+        top += row.shape[0]
+    return np.asarray(picture)
 
 
 def _diagram_figure(image: torch.Tensor):

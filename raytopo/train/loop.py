@@ -71,6 +71,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             update_ema(ema, model, run.train.ema_rate_at(step))
             done = step + 1
             _maybe_sample(family, ema, run, logger, done)
+            _maybe_evaluate(family, ema, run, logger, done)
             if done % run.train.log_every == 0 or done % run.train.checkpoint_every == 0 or done == run.train.steps:
                 values = logger.scalars(done, metrics, optimizer.param_groups[0]["lr"])
                 checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
@@ -204,6 +205,18 @@ def _maybe_sample(family, ema, run: RunConfig, logger: RunLogger, done: int) -> 
         grids = family.preview(ema, run)
     for name, (images, captions) in grids.items():
         logger.images(done, name, images, captions)
+
+
+def _maybe_evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -> None:
+    from raytopo.families.sampling import SamplerSettings
+
+    every = run.train.eval_every
+    if not logger.enabled or not every or done % every:
+        return
+    settings = SamplerSettings(steps=run.train.sample_steps)
+    with torch.no_grad():
+        metrics = family.evaluate_model(ema, run, settings, run.train.eval_per_count, 100)
+    logger.evaluation(done, metrics)
 
 
 def _needs_pool(family, run: RunConfig) -> bool:

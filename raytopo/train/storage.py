@@ -49,6 +49,19 @@ def publish(local: Path, storage_path: str, name: str, relative: str) -> None:
     pafs.copy_files(str(local), root, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
 
 
+def run_exists(storage_path: str, name: str) -> bool:
+    """Whether ``<storage>/<name>`` already holds anything (a directory with files, or any object under a URI)."""
+    location = run_location(storage_path, name)
+    if not is_uri(storage_path):
+        return Path(location).is_dir() and any(Path(location).iterdir())
+    import pyarrow.fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+        return False
+    return bool(filesystem.get_file_info(pafs.FileSelector(root, recursive=False)))
+
+
 def latest_checkpoint(storage_path: str, name: str) -> Path | None:
     """The newest checkpoint of a run as a local directory (downloaded first for URI storage), or None."""
     location = run_location(storage_path, name)

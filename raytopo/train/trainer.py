@@ -51,16 +51,60 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
 
 def run_training(run: RunConfig, address: str | None = None, resume: bool = False) -> TrainingOutcome:
     """Train ``run`` on Ray; with ``resume`` continue from the newest checkpoint under the run directory."""
+    from raytopo.train.data import check_data_source
     from raytopo.train.loop import check_init_from
 
-    check_init_from(run)  # a wrong init_from fails here, not as a worker traceback
+    check_data_source(run.data)  # bad data and a wrong init_from fail here, not as a worker traceback
+    check_init_from(run)
+    resume_from = checkpoint_to_resume(run, resume)
     started_here = ensure_ray(address)
     check_capacity(run, strict=started_here)
-    resume_from = latest_checkpoint(run.ray.storage_path, run.ray.name) if resume else None
     result = build_trainer(run, resume_from).fit()
     checkpoint = _checkpoint_address(result.checkpoint)
     return TrainingOutcome(checkpoint=checkpoint, metrics=dict(result.metrics or {}), run_dir=run.run_dir,
                            location=run.location)
+
+
+def checkpoint_to_resume(run: RunConfig, resume: bool) -> Path | None:
+    """The output policy of a run directory: nothing already there is trained into by accident.
+
+    Without ``resume`` the run's directory must not exist yet (a reused name would silently continue, or die on
+    a model mismatch); with ``resume`` it must hold a checkpoint whose family, model and data settings equal the
+    run's (the fields that differ are named). ``train`` and ``ray`` settings may change on resume (more steps).
+    """
+    from raytopo.train.storage import run_exists
+
+    if not resume:
+        if run_exists(run.ray.storage_path, run.ray.name):
+            raise ConfigError(f"{run.location}: a run named {run.ray.name!r} is already there; pass --resume to "
+                              f"continue it, or choose another name (--set ray.name=NEW)")
+        return None
+    checkpoint = latest_checkpoint(run.ray.storage_path, run.ray.name)
+    if checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint of run {run.ray.name!r} under {run.location}")
+    from raytopo.train.checkpoint import load_checkpoint_config
+    from raytopo.train.config import parse_run_config
+
+    saved = parse_run_config(load_checkpoint_config(checkpoint)).to_plain()  # defaults of newer fields filled in
+    differing = config_differences(saved, run.to_plain(), sections=("family", "model", "data"))
+    if differing:
+        raise ConfigError(f"--resume: the config differs from the checkpoint's ({checkpoint}) in "
+                          f"{', '.join(differing)}; resume with the same family, model and data settings")
+    return checkpoint
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], sections: Sequence[str]) -> list[str]:
+    """Dotted paths of the values that differ between two plain run configs, within ``sections``."""
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}.{key}").items()}
+        return {prefix: value}
+
+    differing = []
+    for section in sections:
+        old, new = flat(saved.get(section), section), flat(current.get(section), section)
+        differing += sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+    return differing
 
 
 def _checkpoint_address(checkpoint: Any) -> Path | str | None:
@@ -71,7 +115,8 @@ def _checkpoint_address(checkpoint: Any) -> Path | str | None:
 
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
-    """Attach to ``address``/``RAY_ADDRESS`` if given, else start a local cluster; no-op if already up.
+    """Attach to ``address``/``RAY_ADDRESS`` if given, else start a new local cluster (never one that `ray start`
+    left running); no-op if Ray is already up.
 
     Returns True when this call started a new local cluster (whose size is then fixed).
     """
@@ -80,7 +125,8 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=target, include_dashboard=False if target is None else None, **init_kwargs)
+    # "local" starts a new cluster; None would attach to whatever `ray start` left running on this machine.
+    ray.init(address=target or "local", include_dashboard=False if target is None else None, **init_kwargs)
     return target is None
 
 

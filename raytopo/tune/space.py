@@ -368,7 +368,7 @@ def _check_search(space: TuneSpace) -> None:
     try:
         import optuna  # noqa: F401
     except ImportError:
-        raise ConfigError("search: 'optuna' needs the optuna package (pip install optuna); "
+        raise ConfigError("search: 'optuna' needs the optuna package (pip install 'raytopo[tune]'); "
                           "or use search: random") from None
     grids = [key for key, dist in space.params.items() if dist.kind == "grid"]
     if grids:

@@ -32,9 +32,11 @@ def test_json_report_has_the_known_betti_numbers(two_rings_and_a_blob, capsys):
     assert len(report["features"]["H1"]) == 2
 
 
-def test_plot_is_written_next_to_the_image(two_rings_and_a_blob, capsys):
-    assert main(["topology", str(two_rings_and_a_blob), "--dim", "1", "--plot"]) == 0
-    plot = two_rings_and_a_blob.with_name("mask_diagram.png")
+def test_plot_is_written_to_out_never_next_to_the_image(two_rings_and_a_blob, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert main(["topology", str(two_rings_and_a_blob), "--dim", "1", "--plot", "--out", str(out)]) == 0
+    assert not two_rings_and_a_blob.with_name("mask_diagram.png").exists()
+    plot = out / "mask_diagram.png"
     with Image.open(plot) as image:
         assert image.size[0] > 100
     out = capsys.readouterr().out

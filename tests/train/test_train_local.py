@@ -48,7 +48,12 @@ def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     for path in sorted(folder.glob("events.out.tfevents.*")):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
-                number = value.simple_value if value.HasField("simple_value") else float(value.tensor.float_val[0])
+                if value.HasField("simple_value"):
+                    number = value.simple_value
+                elif value.tensor.float_val:
+                    number = float(value.tensor.float_val[0])
+                else:
+                    continue  # an image, figure or text summary
                 scalars.setdefault(value.tag, []).append((event.step, number))
     return scalars
 
@@ -123,6 +128,40 @@ def test_adm_t_run_has_no_topology_term_and_no_pool(ray_local, tmp_path, pool_ca
     assert "train/topo" not in tensorboard_scalars(run.run_dir / "tensorboard")
     assert pool_calls == []
     assert requested_cpus(run) == 0.0
+
+
+def tensorboard_images(folder: Path) -> dict[str, list[tuple[int, "Image.Image"]]]:
+    """tag -> [(step, PIL image), ...] of the image summaries in ``folder`` (TensorBoard's own loader)."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    images: dict[str, list] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "images":   # tensor: [width, height, PNG bytes]
+                    picture = Image.open(io.BytesIO(value.tensor.string_val[2]))
+                    images.setdefault(value.tag, []).append((event.step, picture))
+    return images
+
+
+def test_evaluations_and_labelled_sample_grids_reach_tensorboard(ray_local, tmp_path):
+    train = {"steps": 4, "checkpoint_every": 4, "sample_every": 2, "eval_every": 4, "eval_per_count": 2,
+             "sample_steps": 2}
+    run = parse_run_config(tiny_config(tmp_path, name="tb", family="adm_t", train=train))
+    run_training(run)
+    folder = run.run_dir / "tensorboard"
+    scalars = tensorboard_scalars(folder)
+    for name in get_family("adm_t").metric_names(run):
+        assert [step for step, _ in scalars[f"eval/{name}"]] == [4], name
+    assert 0.0 <= scalars["eval/dim0_conn4_accuracy"][0][1] <= 1.0
+    grids = tensorboard_images(folder)["samples/counts"]
+    assert [step for step, _ in grids] == [2, 4]
+    picture = grids[-1][1]
+    counts = run.data.max_count - run.data.min_count + 1          # one row per requested count, 2 samples each
+    assert picture.height >= counts * 96 and picture.width >= 2 * 96   # 16 px masks upscaled to >= 96 px
 
 
 def test_tdn_with_topo_weight_zero_skips_the_topology_term_and_the_pool(ray_local, tmp_path, pool_calls):

@@ -125,3 +125,19 @@ def test_resume_reruns_only_the_errored_trial(sweep):
     for trial_id, count in finished.items():
         row = next(r for r in resumed.rows if r.trial_id == trial_id)
         assert len(_history(_trial_dir(resumed, row))) == count   # not run again
+
+
+def test_optuna_search_runs_end_to_end(ray_local, tmp_path):
+    """search: optuna proposes every trial (values inside the loguniform range, not a grid), each trial trains
+    and evaluates, and the best row is the one with the highest reported metric."""
+    import optuna  # noqa: F401  (the test extra installs it)
+
+    data = tiny_space(tmp_path, search="optuna", num_samples=2,
+                      params={"train.lr": {"loguniform": [5.0e-4, 1.0e-3]}, "sample.steps": {"choice": [4, 5]}})
+    outcome = run_sweep(parse_space(data))
+    assert len(outcome.rows) == 2 and all(row.status == "done" for row in outcome.rows)
+    for row in outcome.rows:
+        assert 5.0e-4 <= row.params["train.lr"] <= 1.0e-3 and row.params["sample.steps"] in (4, 5)
+    assert outcome.best.metric == max(row.metric for row in outcome.rows)
+    searcher_states = list(outcome.experiment_dir.glob("searcher-state-*"))
+    assert searcher_states and b"optuna" in searcher_states[0].read_bytes()
