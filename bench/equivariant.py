@@ -140,7 +140,7 @@ def _with_ratio(values: list[float], index: int) -> list[float]:
 def quality_table(args: argparse.Namespace) -> None:
     import ray
 
-    from raytopo.commands.sample import load_model_for_sampling
+    from raytopo.train.loading import load_model_for_sampling
     from raytopo.families.sampling import SamplerSettings
     from raytopo.train.config import parse_run_config
     from raytopo.train.trainer import run_training

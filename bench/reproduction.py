@@ -125,7 +125,8 @@ def train(config: dict, folder: Path) -> tuple[Path, float]:
 
 def evaluate(checkpoint: Path | str, args: argparse.Namespace, seed: int, folder: Path) -> tuple[dict, float]:
     """The family's evaluation of ``per_count`` samples per target count; also writes a grid."""
-    from raytopo.commands.sample import load_model_for_sampling, write_grid
+    from raytopo.commands.sample import write_grid
+    from raytopo.train.loading import load_model_for_sampling
     from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings
 

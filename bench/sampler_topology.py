@@ -41,7 +41,7 @@ GRID = "ddim:25,ddim:50,ddim:100,ddpm:50,ddpm:250,ddpm_learned:50,ddpm_learned:2
 
 
 def main(argv: list[str] | None = None) -> None:
-    from raytopo.commands.sample import load_model_for_sampling
+    from raytopo.train.loading import load_model_for_sampling
     from raytopo.diffusion.samplers import denoiser_calls
     from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings

@@ -177,7 +177,8 @@ def _sample_and_evaluate(checkpoint: Path, out: Path, label: str, args: DemoArgs
     """``per_count`` masks for every count with the demo's sampler (on the driver, with every free core)."""
     import torch
 
-    from raytopo.commands.sample import load_model_for_sampling, write_grid, write_samples
+    from raytopo.commands.sample import write_grid, write_samples
+    from raytopo.train.loading import load_model_for_sampling
     from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings
     from raytopo.parallel.cpus import use_free_cpus

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from raytopo.errors import InputError
+from raytopo.train.loading import load_model_for_sampling
 
 if TYPE_CHECKING:
     from raytopo.families.sampling import SamplerSettings
@@ -57,20 +58,6 @@ def parse_counts(text: str, counts_per_image: int) -> list[tuple[float, ...]]:
     if not targets:
         raise InputError("--counts: expected at least one target count")
     return targets
-
-
-def load_model_for_sampling(checkpoint: Path):
-    """(family, run config, model with EMA weights) from a checkpoint directory."""
-    from raytopo.registry import get_family
-    from raytopo.train.checkpoint import load_checkpoint
-    from raytopo.train.config import parse_run_config
-
-    data = load_checkpoint(checkpoint, with_optimizer=False)
-    run = parse_run_config(data.config)
-    family = get_family(run.family)
-    model = family.build(run)
-    model.load_state_dict(data.ema)
-    return family, run, model.eval()
 
 
 def run_sample(args: SampleArgs) -> int:

@@ -30,7 +30,7 @@ def run_score(args: ScoreArgs) -> int:
     import torch
 
     from raytopo.commands.evaluate import write_json_atomic
-    from raytopo.commands.sample import load_model_for_sampling
+    from raytopo.train.loading import load_model_for_sampling
 
     for name in ("per_count", "batch_size"):
         if getattr(args, name) < 1:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raytopo.diffusion.schedules import SCHEDULES, named_betas
+from raytopo.diffusion.schedules import SCHEDULES, named_betas, space_timesteps
 from raytopo.errors import ConfigError, InputError
 
 MeanType = Literal["epsilon", "x0"]
@@ -89,8 +89,6 @@ class DiffusionConfig:
             )
         named_betas(self.schedule, self.steps)  # e.g. the linear schedule needs > 20 steps
         if self.timestep_respacing:
-            from raytopo.diffusion.respace import space_timesteps  # respace imports this module
-
             space_timesteps(self.steps, self.timestep_respacing)
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ added by step ``t`` (0-based: ``t = 0`` is the first, least noisy step).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -78,3 +78,73 @@ def named_betas(name: str, num_steps: int) -> np.ndarray:
     if name == "cosine":
         return cosine_betas(num_steps)
     raise ConfigError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {name!r}")
+
+
+# --- timestep respacing: which steps of a process to keep (used by respace.py and by configs) ---------------
+
+_FIELD = "timestep_respacing"
+
+
+def _ddim_steps(num_steps: int, spec: str) -> list[int]:
+    """The DDIM paper's striding: ``range(0, num_steps, stride)`` for the integer stride giving exactly N steps."""
+    try:
+        desired = int(spec[len("ddim"):])
+    except ValueError:
+        raise ConfigError(f"{_FIELD}: expected 'ddimN' with an integer N, got {spec!r}") from None
+    counts = {}
+    for stride in range(1, num_steps):
+        counts.setdefault(len(range(0, num_steps, stride)), stride)
+    if desired in counts:
+        return list(range(0, num_steps, counts[desired]))
+    below = max((c for c in counts if c < desired), default=None)
+    above = min((c for c in counts if c > desired), default=None)
+    nearest = ", ".join(f"ddim{c}" for c in (below, above) if c is not None)
+    raise ConfigError(
+        f"{_FIELD}: no integer stride gives exactly {desired} of {num_steps} steps for {spec!r}"
+        + (f"; nearest possible: {nearest}" if nearest else "")
+    )
+
+
+def _parse_sections(spec: str | Sequence[int]) -> list[int]:
+    if isinstance(spec, str):
+        try:
+            counts = [int(part) for part in spec.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"{_FIELD}: expected comma-separated step counts like '250' or '10,15,20', or 'ddimN', got {spec!r}"
+            ) from None
+    else:
+        counts = [int(c) for c in spec]
+    if not counts or any(c < 1 for c in counts):
+        raise ConfigError(f"{_FIELD}: expected one or more positive step counts, got {spec!r}")
+    return counts
+
+
+def space_timesteps(num_steps: int, section_counts: str | Sequence[int]) -> list[int]:
+    """Sorted steps of a ``num_steps`` process to keep.
+
+    ``section_counts`` is "ddimN" (one integer stride giving exactly N steps, starting at 0), or counts per
+    equal section: "10,15,20" on 300 steps takes 10 evenly strided steps (rounded, ends included) from steps
+    0-99, 15 from 100-199 and 20 from 200-299; "250" is one section. When ``num_steps`` does not divide
+    evenly, the first ``num_steps % len(counts)`` sections get one extra step.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ConfigError(f"steps: expected a positive integer, got {num_steps!r}")
+    if isinstance(section_counts, str) and section_counts.startswith("ddim"):
+        return _ddim_steps(int(num_steps), section_counts)
+    counts = _parse_sections(section_counts)
+    size_per, extra = divmod(int(num_steps), len(counts))
+    start, kept = 0, []
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ConfigError(
+                f"{_FIELD}: cannot take {count} steps from a section of {size} steps in {section_counts!r}"
+            )
+        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):  # accumulate (not k * stride) to round exactly as improved-diffusion does
+            kept.append(start + round(position))
+            position += stride
+        start += size
+    return sorted(set(kept))

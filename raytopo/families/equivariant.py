@@ -62,7 +62,7 @@ from raytopo.errors import ConfigError
 from raytopo.families.base import StepContext
 from raytopo.models.adm.unet import UNetConfig
 from raytopo.models.equivariant import GroupAveraged, act, build_equivariant_unet, get_group, inverse
-from raytopo.train.ema import make_ema, update_ema
+from raytopo.models.ema import make_ema, update_ema
 
 GroupName = Literal["trivial", "Z2", "C4", "D4"]
 MechanismName = Literal["none", "kernel", "symmetric", "group"]
@@ -423,8 +423,8 @@ def held_out_images(run: Any, n: int) -> dict[str, np.ndarray]:
     when evaluating a checkpoint for an unbiased figure). Parquet data is streamed, not held in memory: evaluation
     raises ConfigError for it (evaluate with the folder or array it was packed from).
     """
-    from raytopo.train.config import GENERATED_SOURCES
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.config import GENERATED_SOURCES
+    from raytopo.data.sources import in_memory_arrays
 
     data = run.data
     if data.source in GENERATED_SOURCES:

@@ -366,8 +366,8 @@ def evaluation_images(data: Any, n: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _evaluation_array(data: Any, n: int) -> np.ndarray:
-    from raytopo.train.config import GENERATED_SOURCES
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.config import GENERATED_SOURCES
+    from raytopo.data.sources import in_memory_arrays
 
     if data.source in GENERATED_SOURCES:
         images = in_memory_arrays(replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n))["image"]

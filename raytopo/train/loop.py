@@ -21,7 +21,7 @@ from raytopo.registry import get_family
 from raytopo.train.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
 from raytopo.train.config import RunConfig, parse_run_config
 from raytopo.train.data import batch_iterator
-from raytopo.train.ema import make_ema, update_ema
+from raytopo.models.ema import make_ema, update_ema
 from raytopo.train.logging import RunLogger
 from raytopo.train.step import broadcast_parameters, train_step
 from raytopo.train.storage import publish

@@ -41,7 +41,7 @@ def run_trial(config: dict[str, Any], space: TuneSpace) -> None:
 def evaluate_checkpoint(checkpoint: Path, settings: SamplerSettings, per_count: int,
                         batch_size: int) -> dict[str, float]:
     """The family's `evaluate_model` of the checkpoint's EMA weights (e.g. count accuracy of its samples)."""
-    from raytopo.commands.sample import load_model_for_sampling
+    from raytopo.train.loading import load_model_for_sampling
 
     family, run, model = load_model_for_sampling(checkpoint)
     scores = family.evaluate_model(model, run, settings, per_count, batch_size)

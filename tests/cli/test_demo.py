@@ -49,7 +49,7 @@ def test_shipped_base_is_small_float16_ema_weights_that_load_strictly():
 
 
 def test_shipped_base_makes_clean_masks_with_about_the_requested_counts(one_torch_thread):
-    from raytopo.commands.sample import load_model_for_sampling
+    from raytopo.train.loading import load_model_for_sampling
     from raytopo.families.sampling import SamplerSettings
 
     family, run, model = load_model_for_sampling(SHIPPED)

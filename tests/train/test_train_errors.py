@@ -19,7 +19,7 @@ from raytopo.errors import ConfigError, InputError
 from raytopo.registry import get_family
 from raytopo.train.checkpoint import save_checkpoint
 from raytopo.train.config import load_run_config, parse_run_config
-from raytopo.train.ema import make_ema
+from raytopo.models.ema import make_ema
 from raytopo.train.loop import check_init_from
 from raytopo.train.trainer import check_capacity
 

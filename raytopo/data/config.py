@@ -1,0 +1,66 @@
+"""The ``data:`` section of a run config: where training images come from (plain dataclass, no Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from raytopo.errors import ConfigError
+
+
+GENERATED_SOURCES = ("shapes", "glyphs", "garments")   # synthetic sets generated in memory, no files
+COUNT_CONVENTIONS = ("count", "two_counts", "count_object")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images come from. Generated sources need no files at all:
+
+    * ``shapes``: masks with exact component/hole counts (TDN; ``shapes_dim``, ``min_count``, ``max_count``);
+    * ``glyphs``: asymmetric glyphs whose distribution is invariant under ``group`` (equivariant diffusion);
+    * ``garments``: FashionMNIST-like grey images in 10 classes (TopoVAE);
+    * ``folder``: an image folder, labelled by file name (``convention``; ``none`` = unlabelled);
+    * ``npy``: one ``.npy`` array of images ``[N,H,W]``, ``[N,C,H,W]`` or ``[N,H,W,C]`` (uint8 0..255 or float
+      in [0, 1]), with optional integer class labels in ``labels_path``;
+    * ``parquet``: shards written by ``raytopo data pack``, streamed by Ray Data.
+
+    ``count_limit`` bounds the counts a label may carry (file names, parquet rows): a count of 1e20 in a file
+    name is a typo, not a target, and is rejected naming the file.
+    """
+
+    source: Literal["shapes", "glyphs", "garments", "folder", "npy", "parquet"] = "shapes"
+    path: str | None = None
+    convention: Literal["count", "two_counts", "count_object", "none"] = "count"
+    labels_path: str | None = None
+    image_size: int = 32
+    channels: int = 1
+    shapes_dim: Literal["0", "1", "both"] = "0"
+    group: Literal["trivial", "Z2", "C4", "D4"] = "D4"
+    num_images: int = 1024
+    min_count: int = 1
+    max_count: int = 5
+    count_limit: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in GENERATED_SOURCES and not self.path:
+            raise ConfigError(f"data.path: required for source {self.source!r} (a folder, .npy file or parquet directory)")
+        if self.labels_path and self.source != "npy":
+            raise ConfigError(f"data.labels_path: only used with source 'npy', got source {self.source!r}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"data.channels: expected 1 or 3, got {self.channels}")
+        if self.image_size < 8:
+            raise ConfigError(f"data.image_size: expected >= 8, got {self.image_size}")
+        if not 0 <= self.min_count <= self.max_count:
+            raise ConfigError(
+                f"data.min_count/max_count: expected 0 <= min_count <= max_count, got {self.min_count}, {self.max_count}"
+            )
+        if self.max_count > self.count_limit:
+            raise ConfigError(f"data.max_count: expected <= data.count_limit ({self.count_limit}), got {self.max_count}")
+        if self.num_images < 1:
+            raise ConfigError(f"data.num_images: expected >= 1, got {self.num_images}")
+
+    @property
+    def has_counts(self) -> bool:
+        """Whether batches carry topological ``counts`` (what count-conditioned families need)."""
+        return self.source == "shapes" or (self.source in ("folder", "parquet") and self.convention in COUNT_CONVENTIONS)
