@@ -70,23 +70,23 @@ def run_sample(args: SampleArgs) -> int:
     check_output_folder(args.out, args.overwrite)
     use_free_cpus()
     family, run, model = load_model_for_sampling(args.checkpoint)
-    if run.data.has_counts:
+    conditions = family.sampling_conditions(run)
+    if conditions != "counts" and args.counts is not None:
+        raise InputError(f"--counts: family {run.family!r} is not conditioned on counts (it samples "
+                         f"{'per class' if conditions == 'classes' else 'unconditionally'}); leave --counts out")
+    if conditions == "counts":
         if args.counts is None:
             raise InputError(f"--counts: required for a model trained on counts (family {run.family!r})")
         counts_per_image = 2 if run.data.convention == "two_counts" else 1
         requested = parse_counts(args.counts, counts_per_image)
         warn_outside_training_range(requested, run.data.min_count, run.data.max_count)
         targets = [t for t in requested for _ in range(args.per_count)]
-        images = generate(family, run, model, targets, settings, args.batch_size)
+        cond = {"counts": torch.tensor(targets, dtype=torch.float32)}
     else:
-        if args.counts is not None:
-            raise InputError(f"--counts: family {run.family!r} was trained without counts; leave --counts out")
-        from raytopo.families.base import sample_in_batches
-
-        targets = [()] * args.per_count
-        with torch.no_grad():
-            images = sample_in_batches(family, model, run, args.per_count, {}, settings, args.batch_size,
-                                       progress="sampling")
+        cond = family.default_conditions(run, args.per_count)   # every class per_count times, or {}
+        labels = cond.get("label")
+        targets = [(int(c),) for c in labels.tolist()] if labels is not None else [()] * args.per_count
+    images = generate(family, run, model, cond, len(targets), settings, args.batch_size)
     if args.overwrite:
         remove_earlier_samples(args.out)
     paths = write_samples(images, targets, args.out)
@@ -141,13 +141,12 @@ def write_grid(images: torch.Tensor, out: Path) -> Path:
     return path
 
 
-def generate(family, run, model, targets: list[tuple[float, ...]], settings, batch_size: int) -> torch.Tensor:
-    """Samples for every target count, in batches (`raytopo.families.base.sample_in_batches`)."""
+def generate(family, run, model, cond: dict[str, torch.Tensor], n: int, settings, batch_size: int) -> torch.Tensor:
+    """``n`` samples under ``cond``, in batches with a progress bar (`raytopo.families.base.sample_in_batches`)."""
     from raytopo.families.base import sample_in_batches
 
-    counts = torch.tensor(targets, dtype=torch.float32)
-    return sample_in_batches(family, model, run, len(counts), {"counts": counts}, settings, batch_size,
-                             progress="sampling")
+    with torch.no_grad():
+        return sample_in_batches(family, model, run, n, cond, settings, batch_size, progress="sampling")
 
 
 def write_samples(images: torch.Tensor, targets: list[tuple[float, ...]], out: Path) -> list[Path]:

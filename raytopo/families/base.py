@@ -1,21 +1,28 @@
 """The Family contract every model family implements (docs/architecture.md, section 2).
 
-A family is a small object registered by a stable short name. The trainer only ever talks to it through:
+A family is a small object registered by a stable short name (`raytopo.registry`). The trainer, the sampling
+commands, Tune and the demo talk to it only through the hooks of :class:`Family`, all required:
 
-* ``config_type``: the dataclass of the family's model settings (its ``model:`` section in a run config);
+* ``parse(run)``: the typed settings of its ``model:`` section (raises ConfigError naming the field);
+* ``setup(run) -> dict``: per-run objects a worker builds once (``StepContext.extras``);
+* ``loss_weights(run) -> {term: weight}``: every term ``losses`` returns, weight 0 for terms only logged;
+  a term missing here is an error (a typo would otherwise silently train with weight 0);
+* ``needs_pool(run)``: whether ``losses`` needs the persistence actors (``ctx.pool``);
 * ``build(run) -> nn.Module``;
 * ``losses(model, batch, ctx) -> dict[str, Tensor | Pending]``: *per-sample* loss terms ``[B]``. The trainer
-  multiplies them by ``run.loss_weights`` (and importance weights), reduces, logs each term and backpropagates.
-  A term may be `Pending`: work still running elsewhere (for TDN, persistence diagrams on Ray actors). The
-  trainer resolves pending terms as late as possible, so that other micro-batches' forward and backward passes
-  overlap with that work;
+  multiplies them by ``loss_weights``, reduces, logs each term and backpropagates. A term may be `Pending`:
+  work still running elsewhere (for TDN, persistence diagrams on Ray actors), resolved as late as possible so
+  other micro-batches' forward and backward passes overlap with it;
+* ``sampling_conditions(run)``: what a sample is conditioned on, one of :data:`CONDITIONS` (``counts``: target
+  topological counts; ``classes``: class labels; ``none``); `raytopo sample` asks this, never the data config;
+* ``default_conditions(run, per_count) -> {"counts" | "label": Tensor}``: every condition the model was trained
+  on, ``per_count`` times each (``{}`` for ``none``): what sampling and evaluation use when no target is given;
 * ``sample(model, run, n, cond, sampler) -> Tensor``: images in [-1, 1] (``run``: the RunConfig it was trained with);
-* ``evaluate(samples, cond) -> dict[str, float]``;
 * ``preview(model, run) -> {name: (images, captions | None)}``: the image grids the trainer logs every
   ``train.sample_every`` steps (TensorBoard ``samples/<name>``), from the EMA model;
 * ``evaluate_model(model, run, sampler, per_count, batch_size) -> dict[str, float]``: the family's scores of a
-  trained model (what every Tune trial reports and what `raytopo evaluate --checkpoint` prints), with
-  ``metric_names(run)`` listing their keys so a sweep's metric is checked before any trial starts.
+  trained model (what every Tune trial reports, what ``train.eval_every`` logs and what `raytopo score` prints),
+  with ``metric_names(run)`` listing their keys so a sweep's metric is checked before any trial starts.
 
 Adding a family never requires touching the trainer.
 """
@@ -78,18 +85,30 @@ class StepContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+CONDITIONS = ("counts", "classes", "none")
+
+
 class Family(Protocol):
     name: str
-    config_type: type
+
+    def parse(self, run: Any) -> Any: ...
+
+    def setup(self, run: Any) -> dict[str, Any]: ...
+
+    def loss_weights(self, run: Any) -> dict[str, float]: ...
+
+    def needs_pool(self, run: Any) -> bool: ...
 
     def build(self, run: Any) -> torch.nn.Module: ...
 
     def losses(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict: ...
 
+    def sampling_conditions(self, run: Any) -> str: ...
+
+    def default_conditions(self, run: Any, per_count: int) -> dict[str, torch.Tensor]: ...
+
     def sample(self, model: torch.nn.Module, run: Any, n: int, cond: Mapping[str, torch.Tensor],
                sampler: Any) -> torch.Tensor: ...
-
-    def evaluate(self, samples: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> dict[str, float]: ...
 
     def preview(self, model: torch.nn.Module, run: Any) -> dict[str, tuple[torch.Tensor, list[str] | None]]: ...
 

@@ -181,7 +181,6 @@ class EquivariantFamily:
     """Registered as ``equivariant``."""
 
     name = "equivariant"
-    config_type = EquivariantModelConfig
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -214,6 +213,15 @@ class EquivariantFamily:
 
     def needs_pool(self, run: Any) -> bool:
         return False
+
+    def sampling_conditions(self, run: Any) -> str:
+        """``classes`` for a class-conditional model (``model.num_classes > 0``), else ``none``."""
+        return "classes" if self.parse(run).num_classes else "none"
+
+    def default_conditions(self, run: Any, per_count: int) -> dict[str, Tensor]:
+        """Every class ``per_count`` times (``{"label": [K * per_count]}``); ``{}`` when unconditional."""
+        classes = self.parse(run).num_classes
+        return {"label": torch.arange(classes).repeat_interleave(per_count)} if classes else {}
 
     # --- model ---------------------------------------------------------------------------------
 
@@ -297,7 +305,7 @@ class EquivariantFamily:
         parsed = self.parse(run)
         settings = SamplerSettings(steps=run.train.sample_steps)
         if parsed.num_classes:
-            labels = torch.arange(parsed.num_classes).repeat_interleave(2)
+            labels = self.default_conditions(run, per_count=2)["label"]
             images = self.sample(model, run, len(labels), {"label": labels}, settings)
             return {"samples": (images, [f"class {int(c)}" for c in labels])}
         return {"samples": (self.sample(model, run, 16, {}, settings), None)}

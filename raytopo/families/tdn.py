@@ -103,7 +103,6 @@ class ParsedTDN:
 class TDNFamily:
     """``adm`` / ``adm_t`` / ``tdn`` (registered three times with different switches)."""
 
-    config_type = TDNModelConfig
 
     def __init__(self, name: str, conditioned: bool, topology: bool) -> None:
         self.name = name
@@ -152,6 +151,14 @@ class TDNFamily:
 
     def needs_pool(self, run: Any) -> bool:
         return self.topology and self.parse(run).topo.weight > 0
+
+    def sampling_conditions(self, run: Any) -> str:
+        """``counts`` for adm_t and tdn (target topological counts), ``none`` for the unconditional adm."""
+        return "counts" if self.conditioned else "none"
+
+    def default_conditions(self, run: Any, per_count: int) -> dict[str, torch.Tensor]:
+        """Every count of the training range ``per_count`` times (`target_counts`); ``{}`` for adm."""
+        return self.target_counts(run, per_count) if self.conditioned else {}
 
     # --- model ---------------------------------------------------------------------------------
 

@@ -133,7 +133,6 @@ class TopoVAEFamily:
     """The ``topovae`` family (see the module docstring for the loss, clouds and diagrams)."""
 
     name = "topovae"
-    config_type = TopoVAEModelConfig
 
     # --- configuration -------------------------------------------------------------------------
 
@@ -171,6 +170,13 @@ class TopoVAEFamily:
 
     def needs_pool(self, run: Any) -> bool:
         return self.parse(run).topo_active
+
+    def sampling_conditions(self, run: Any) -> str:
+        """``none``: decodings of the prior."""
+        return "none"
+
+    def default_conditions(self, run: Any, per_count: int) -> dict[str, torch.Tensor]:
+        return {}
 
     def build(self, run: Any) -> VAEPair:
         parsed = self.parse(run)

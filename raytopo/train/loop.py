@@ -51,7 +51,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model, parallel_strategy=None)
     broadcast_parameters(model)
 
-    pool = _make_pool(run) if _needs_pool(family, run) else None
+    pool = _make_pool(run) if family.needs_pool(run) else None
     ctx = StepContext(step=start, device=device, pool=pool, generator=torch.Generator(device=device),
                       extras=family.setup(run))
     if start and rank == 0:
@@ -217,10 +217,6 @@ def _maybe_evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -
     with torch.no_grad():
         metrics = family.evaluate_model(ema, run, settings, run.train.eval_per_count, 100)
     logger.evaluation(done, metrics)
-
-
-def _needs_pool(family, run: RunConfig) -> bool:
-    return bool(getattr(family, "needs_pool", lambda _: False)(run))
 
 
 def _make_pool(run: RunConfig):

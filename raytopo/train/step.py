@@ -40,7 +40,11 @@ def train_step(model: torch.nn.Module, family, batch: Batch, ctx: StepContext, w
     metrics: dict[str, float] = {}
     for terms in pending:
         resolved = resolve_terms(terms)
-        loss = sum(weights.get(name, 0.0) * value.mean() for name, value in resolved.items()) / len(chunks)
+        unknown = sorted(set(resolved) - set(weights))
+        if unknown:
+            raise ValueError(f"family {family.name!r}: loss term(s) {', '.join(unknown)} missing from its "
+                             f"loss_weights ({', '.join(sorted(weights))}); give logged-only terms weight 0")
+        loss = sum(weights[name] * value.mean() for name, value in resolved.items()) / len(chunks)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {ctx.step}: non-finite loss {loss.item()} (terms: {list(resolved)})")
         loss.backward()

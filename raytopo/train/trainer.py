@@ -137,7 +137,7 @@ def requested_cpus(run: RunConfig) -> float:
     workers = max(run.ray.num_workers, 1)
     worker_cpus = run.ray.num_workers * run.ray.cpus_per_worker
     family = get_family(run.family)
-    uses_pool = getattr(family, "needs_pool", lambda _: False)(run)
+    uses_pool = family.needs_pool(run)
     actor_cpus = workers * run.ray.persistence_actors * run.ray.cpus_per_actor if uses_pool else 0.0
     return worker_cpus + actor_cpus
 

@@ -194,3 +194,15 @@ def test_sample_cli_missing_checkpoint(tmp_path, capsys):
     assert cli.main(["sample", str(tmp_path / "nothing"), "--counts", "1", "--out", str(tmp_path / "o")]) == 2
     message = _one_line_error(capsys, "sample")
     assert "nothing" in message and "no such checkpoint directory" in message
+
+
+def test_sample_asks_the_family_for_its_conditions(tmp_path, capsys):
+    """An unconditional adm trained on Shapes (whose data carry counts) samples without --counts, and refuses
+    them; the data config used to decide, demanding counts the model ignores."""
+    checkpoint = _checkpoint(tmp_path / "adm", "adm")
+    out = tmp_path / "samples"
+    argv = ["sample", str(checkpoint), "--per-count", "2", "--steps", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png"]
+    assert cli.main([*argv[:-1], str(tmp_path / "other"), "--counts", "1"]) == 2
+    assert "not conditioned on counts" in _one_line_error(capsys, "sample")

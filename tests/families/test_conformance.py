@@ -1,0 +1,98 @@
+"""Every registered family through its tiny config: build, one training step, checkpoint save and strict load,
+sampling with its own conditions, evaluation with the declared metric names (docs/architecture.md, section 2).
+
+Registering a family without adding its tiny config here fails `test_every_registered_family_has_a_tiny_config`,
+so a new family is covered by registering it. No Ray: the step runs in-process (persistence in-process too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raytopo.data.sources import in_memory_arrays
+from raytopo.families.base import CONDITIONS, StepContext, sample_in_batches
+from raytopo.families.sampling import SamplerSettings
+from raytopo.models.ema import make_ema, update_ema
+from raytopo.parallel.pool import PersistencePool, PoolConfig
+from raytopo.registry import family_names, get_family
+from raytopo.train.checkpoint import load_checkpoint, save_checkpoint
+from raytopo.train.config import parse_run_config
+from raytopo.train.step import train_step
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+UNET = {"model_channels": 32, "num_res_blocks": 1, "channel_mult": [1, 2], "attention_resolutions": []}
+SHAPES = {"source": "shapes", "image_size": 16, "num_images": 8, "max_count": 2}
+TINY = {
+    "adm": {"model": {"unet": UNET, "diffusion": {"steps": 50}}, "data": SHAPES},
+    "adm_t": {"model": {"unet": UNET, "diffusion": {"steps": 50}}, "data": SHAPES},
+    "tdn": {"model": {"unet": UNET, "diffusion": {"steps": 50}, "topo": {"weight": 1.0, "noisy": True}},
+            "data": SHAPES},
+    "equivariant": {"model": {"unet": UNET, "group": "C4", "mechanism": "kernel", "num_classes": 0},
+                    "data": {"source": "glyphs", "group": "C4", "image_size": 16, "num_images": 8}},
+    "topovae": {"model": {"vae": {"n_latent": 4, "c1": 4, "c2": 8, "hidden": 16},
+                          "topo": {"weights": [10, 10, 10, 10, 0, 0, 0]}},
+                "data": {"source": "garments", "image_size": 16, "num_images": 16},
+                "train": {"grad_clip": None}},
+}
+
+
+def _run(name: str):
+    tiny = TINY[name]
+    return parse_run_config({"family": name, "model": tiny["model"], "data": tiny["data"],
+                             "train": {"batch_size": 4, "lr": 1e-3, **tiny.get("train", {})},
+                             "ray": {"num_workers": 0, "persistence_actors": 0}})
+
+
+def test_every_registered_family_has_a_tiny_config():
+    assert set(TINY) == set(family_names())
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_family_conforms_to_the_contract(name, tmp_path):
+    family = get_family(name)
+    run = _run(name)
+    torch.manual_seed(0)
+    model = family.build(run)
+    ema = make_ema(model)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+
+    # One training step: every term the family returns has a declared weight, the loss is finite, weights move.
+    arrays = in_memory_arrays(run.data)
+    batch = {key: torch.from_numpy(value[:4]) for key, value in arrays.items()}
+    pool = PersistencePool(PoolConfig(num_actors=0)) if family.needs_pool(run) else None
+    ctx = StepContext(step=0, device=torch.device("cpu"), pool=pool, generator=torch.Generator().manual_seed(0),
+                      extras=family.setup(run))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr)
+    weights = family.loss_weights(run)
+    metrics = train_step(model, family, batch, ctx, weights, optimizer, 1, run.train.grad_clip)
+    assert math.isfinite(metrics["loss"]) and set(weights) <= set(metrics)
+    assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
+    update_ema(ema, model, 0.5)
+
+    # Checkpoint: written, read back, loaded strictly into a model built from the saved config.
+    directory = save_checkpoint(tmp_path / "checkpoint", model, ema, optimizer, 1, run.to_plain())
+    saved = load_checkpoint(directory)
+    rebuilt = family.build(parse_run_config(saved.config))
+    rebuilt.load_state_dict(saved.ema)   # strict
+    rebuilt.eval()
+
+    # Sampling with the family's own conditions.
+    conditions = family.sampling_conditions(run)
+    assert conditions in CONDITIONS
+    cond = family.default_conditions(run, per_count=1)
+    assert bool(cond) == (conditions != "none")
+    n = len(next(iter(cond.values()))) if cond else 2
+    settings = SamplerSettings(steps=2)
+    with torch.no_grad():
+        images = sample_in_batches(family, rebuilt, run, n, cond, settings, batch_size=8)
+    assert images.shape == (n, run.data.channels, run.data.image_size, run.data.image_size)
+    assert torch.isfinite(images).all() and images.min() >= -1 and images.max() <= 1
+
+    # Evaluation: exactly the metric names the family declares (what Tune checks a sweep's metric against).
+    scores = family.evaluate_model(rebuilt, run, settings, 2, 8)
+    assert set(scores) == family.metric_names(run)
+    assert all(math.isfinite(float(value)) for value in scores.values())
