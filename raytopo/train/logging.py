@@ -36,7 +36,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             log_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(log_dir))
+            # A resumed run (a restarted worker, --resume) continues at start_step + 1: purge what an earlier
+            # attempt logged after its last checkpoint, so TensorBoard never shows a step twice.
+            self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
 
     def scalars(self, step: int, metrics: Mapping[str, float], lr: float) -> dict[str, float]:
         """Log losses, learning rate and throughput; print the progress line. Returns the logged values."""

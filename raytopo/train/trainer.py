@@ -51,6 +51,7 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
 
 def run_training(run: RunConfig, address: str | None = None, resume: bool = False) -> TrainingOutcome:
     """Train ``run`` on Ray; with ``resume`` continue from the newest checkpoint under the run directory."""
+    run = with_absolute_storage(run)
     from raytopo.train.data import check_data_source
     from raytopo.train.loop import check_init_from
 
@@ -63,6 +64,14 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
     checkpoint = _checkpoint_address(result.checkpoint)
     return TrainingOutcome(checkpoint=checkpoint, metrics=dict(result.metrics or {}), run_dir=run.run_dir,
                            location=run.location)
+
+
+def with_absolute_storage(run: RunConfig) -> RunConfig:
+    """``run`` with ``ray.storage_path`` resolved on the driver: Ray Train V2 changes each worker's working
+    directory, so a relative ``runs`` would put the worker's TensorBoard logs under Ray's own temp folder."""
+    from dataclasses import replace
+
+    return replace(run, ray=replace(run.ray, storage_path=storage_root(run.ray.storage_path)))
 
 
 def checkpoint_to_resume(run: RunConfig, resume: bool) -> Path | None:

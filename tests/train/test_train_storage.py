@@ -26,3 +26,16 @@ def test_uri_storage_holds_the_run_and_resumes(ray_local, tmp_path, capfd):
     assert resumed.metrics["step"] == 4
     assert "resuming at step 3/4" in capfd.readouterr().out
     assert max(json.loads(p.read_text())["step"] for p in (store / "r").glob("**/state.json")) == 4
+
+
+def test_a_relative_storage_path_is_resolved_on_the_driver(ray_local, tmp_path, monkeypatch):
+    """With a real Ray Train worker (whose working directory Ray changes), a relative ray.storage_path still puts
+    checkpoints and TensorBoard events under the driver's folder."""
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config("relative_runs", "rel", family="adm_t", train={"steps": 2, "checkpoint_every": 2},
+                         ray={"num_workers": 1, "cpus_per_worker": 1})
+    outcome = run_training(parse_run_config(config))
+    run_dir = tmp_path / "relative_runs" / "rel"
+    assert outcome.run_dir == run_dir
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert [json.loads(p.read_text())["step"] for p in run_dir.glob("**/state.json")] == [2]
