@@ -12,6 +12,7 @@ init_from: null              # a checkpoint to start from (staged fine-tuning: a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -26,6 +27,11 @@ class TrainConfig:
     """Optimisation and bookkeeping. ``batch_size`` is per worker.
 
     ``warmup_steps``: the learning rate rises linearly from lr / warmup_steps to lr over the first steps.
+    ``lr_schedule``: ``constant`` after the warm-up, or ``cosine``: from lr down to ``final_lr_ratio * lr`` at
+    the last step, lr_n = lr (r + (1 - r) (1 + cos(pi p)) / 2), p the fraction of post-warm-up steps done
+    (Loshchilov & Hutter 2017, SGDR eq. 5 without restarts).
+    ``precision``: ``bf16`` runs the families' forward passes under ``torch.autocast`` in bfloat16 (weights,
+    gradients and the optimizer stay float32); ``fp32`` (the default, and the right choice on most CPUs).
     ``sample_every`` / ``eval_every`` (0 = never): every so many steps rank 0 writes a preview grid of EMA
     samples (``sample_steps`` DDIM steps) / the family's evaluation of its EMA samples (``eval_per_count`` per
     target count for count families) to TensorBoard.
@@ -39,6 +45,9 @@ class TrainConfig:
     microbatches: int = 1
     lr: float = 2e-5
     warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    final_lr_ratio: float = 0.0
+    precision: Literal["fp32", "bf16"] = "fp32"
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     ema_rate: float = 0.9999
@@ -63,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_steps: expected >= 0, got {self.warmup_steps}")
         if not self.lr > 0:
             raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ConfigError(f"train.final_lr_ratio: expected in [0, 1], got {self.final_lr_ratio}")
         if not 0 <= self.ema_rate < 1:
             raise ConfigError(f"train.ema_rate: expected in [0, 1), got {self.ema_rate}")
         for name in ("sample_every", "eval_every"):
@@ -73,10 +84,15 @@ class TrainConfig:
 
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of 0-based ``step`` (linear warm-up, then constant)."""
+        """The learning rate of 0-based ``step``: linear warm-up, then constant or cosine (see the docstring)."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        return self.lr
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(self.steps - 1 - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        ratio = self.final_lr_ratio
+        return self.lr * (ratio + (1 - ratio) * (1 + math.cos(math.pi * progress)) / 2)
 
     def ema_rate_at(self, step: int) -> float:
         """The EMA rate applied after 0-based ``step`` (see ``ema_warmup``)."""

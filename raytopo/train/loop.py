@@ -67,7 +67,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = run.train.lr_at(step)
             metrics = train_step(model, family, next(batches), ctx, weights, optimizer,
-                                 run.train.microbatches, run.train.grad_clip)
+                                 run.train.microbatches, run.train.grad_clip, run.train.precision)
             update_ema(ema, model, run.train.ema_rate_at(step))
             done = step + 1
             _maybe_sample(family, ema, run, logger, done)

@@ -32,11 +32,16 @@ def split_batch(batch: Batch, chunks: int) -> list[dict[str, torch.Tensor]]:
 
 
 def train_step(model: torch.nn.Module, family, batch: Batch, ctx: StepContext, weights: Mapping[str, float],
-               optimizer: torch.optim.Optimizer, microbatches: int, grad_clip: float | None) -> dict[str, float]:
-    """Forward all micro-batches, then resolve + backward each; all-reduce; clip; step. Returns metrics."""
+               optimizer: torch.optim.Optimizer, microbatches: int, grad_clip: float | None,
+               precision: str = "fp32") -> dict[str, float]:
+    """Forward all micro-batches, then resolve + backward each; all-reduce; clip; step. Returns metrics.
+
+    ``precision="bf16"`` runs the forward passes under bfloat16 autocast on ``ctx.device``.
+    """
     optimizer.zero_grad(set_to_none=True)
     chunks = split_batch(batch, microbatches)
-    pending = [family.losses(model, chunk, ctx) for chunk in chunks]
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        pending = [family.losses(model, chunk, ctx) for chunk in chunks]
     metrics: dict[str, float] = {}
     for terms in pending:
         resolved = resolve_terms(terms)
