@@ -86,7 +86,7 @@ def cost_tables(args: argparse.Namespace) -> None:
     from raytopo.families.sampling import SamplerSettings
     from raytopo.registry import get_family
     from raytopo.train.config import parse_run_config
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.sources import in_memory_arrays
     from raytopo.train.step import train_step
 
     family = get_family("equivariant")

@@ -89,7 +89,7 @@ def build(args: argparse.Namespace):
     """(runs by family, model, fixed batch): adm_t and tdn share the architecture and the weights."""
     from raytopo.registry import get_family
     from raytopo.train.config import parse_run_config
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.sources import in_memory_arrays
 
     runs = {}
     for family in ("adm_t", "tdn"):

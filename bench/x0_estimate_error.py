@@ -34,7 +34,7 @@ TIMESTEPS = "300,500,700,850,900,950,995,999"
 def x0_estimate_rows(checkpoint: Path | str, timesteps: list[int], n_images: int) -> list[list]:
     """One row per timestep: [t, amplification, MSE, wrong-sign fraction, wrong-count fraction]."""
     from raytopo.train.loading import load_model_for_sampling
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.sources import in_memory_arrays
 
     family, run, model = load_model_for_sampling(checkpoint)
     diffusion = family.diffusion(run)

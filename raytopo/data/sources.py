@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from raytopo.data.config import DataConfig
-from raytopo.errors import ConfigError
+from raytopo.data.config import GENERATED_SOURCES, DataConfig
+from raytopo.errors import ConfigError, InputError
 
 
 def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
@@ -21,6 +21,51 @@ def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     if data.source not in loaders:
         raise ConfigError(f"data.source: {data.source!r} is streamed with Ray Data, not loaded in memory")
     return loaders[data.source](data)
+
+
+HELD_OUT_SEED_OFFSET = 1_000_003
+"""Held-out images of a generated source use ``data.seed + HELD_OUT_SEED_OFFSET`` (a seed training never uses)."""
+
+
+def held_out_arrays(data: DataConfig, n: int) -> dict[str, np.ndarray]:
+    """``n`` evaluation images (``image`` float32 [n, C, H, W] in [-1, 1], plus ``label`` / ``counts`` when the data
+    has them): the one held-out split every family evaluates on.
+
+    Generated sources (shapes, glyphs, garments) draw ``n`` *new* images from the training distribution (seed
+    ``data.seed + HELD_OUT_SEED_OFFSET``). Files have no separate split: ``folder`` and ``npy`` give their last
+    ``n`` images and ``parquet`` its last ``n`` rows, which are also trained on; point ``data.path`` at a test
+    split (``--set data.path=...``) for an unbiased figure.
+
+    Raises:
+        InputError: fewer than ``n`` images.
+    """
+    from dataclasses import replace
+
+    if data.source in GENERATED_SOURCES:
+        arrays = in_memory_arrays(replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n))
+    elif data.source == "parquet":
+        arrays = _last_parquet_rows(data, n)
+    else:
+        arrays = in_memory_arrays(data)
+    if len(arrays["image"]) < n:
+        raise InputError(f"data.path {data.path}: expected at least {n} images for evaluation, "
+                         f"found {len(arrays['image'])}")
+    return {key: value[-n:] for key, value in arrays.items()}
+
+
+def _last_parquet_rows(data: DataConfig, n: int) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    from raytopo.data.parquet import decode_rows, read_pack_info
+
+    chunks: list[dict[str, np.ndarray]] = []
+    for shard in reversed(read_pack_info(data.path).shards):
+        if sum(len(chunk["image"]) for chunk in chunks) >= n:
+            break
+        chunks.insert(0, decode_rows(pq.read_table(shard), data.image_size, data.channels))
+    keys = [key for key in ("image", "counts", "object") if chunks and key in chunks[0]]
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in keys} if chunks else {
+        "image": np.zeros((0, data.channels, data.image_size, data.image_size), dtype=np.float32)}
 
 
 def check_data_source(data: DataConfig) -> None:

@@ -39,7 +39,6 @@ mean((F(x) - g^-1 F_T(g x))^2) on the raw network output.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -73,8 +72,6 @@ _UNET_FROM_ELSEWHERE = {"image_size": "data.image_size", "in_channels": "data.ch
                         "num_classes": "model.num_classes"}
 _UNET_UNSUPPORTED = ("learn_sigma", "count_cond", "two_counts", "num_objects")
 LABELLED_SOURCES = ("garments",)
-HELD_OUT_SEED_OFFSET = 1_000_003
-"""Evaluation images of a generated source use ``data.seed + HELD_OUT_SEED_OFFSET`` (never seen in training)."""
 NOISE_LEVELS_FOR_EVAL = (0.2, 1.0, 5.0)
 """VE noise levels at which evaluation measures the network's equivariance error."""
 
@@ -423,22 +420,10 @@ class _eval_mode:
 
 
 def held_out_images(run: Any, n: int) -> dict[str, np.ndarray]:
-    """``n`` evaluation images (``image`` float32 [n, C, H, W] in [-1, 1], and ``label`` when the data has labels).
+    """``n`` evaluation images and their labels: the shared held-out split (`raytopo.data.sources.held_out_arrays`)."""
+    from raytopo.data.sources import held_out_arrays
 
-    Generated sources (glyphs, shapes, garments) are drawn again with the seed ``data.seed + HELD_OUT_SEED_OFFSET``,
-    so they are new images from the training distribution. Folder and npy sources have no separate split: the
-    last ``n`` images of the set are used (they are also trained on; pass a held-out folder/array as ``data.path``
-    when evaluating a checkpoint for an unbiased figure). Parquet data is streamed, not held in memory: evaluation
-    raises ConfigError for it (evaluate with the folder or array it was packed from).
-    """
-    from raytopo.data.config import GENERATED_SOURCES
-    from raytopo.data.sources import in_memory_arrays
-
-    data = run.data
-    if data.source in GENERATED_SOURCES:
-        data = dataclasses.replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n)
-    arrays = in_memory_arrays(data)
-    return {key: value[-n:] for key, value in arrays.items() if key in ("image", "label")}
+    return {key: value for key, value in held_out_arrays(run.data, n).items() if key in ("image", "label")}
 
 
 def _check_sources(run: Any, model: EquivariantModelConfig, group: str) -> None:

@@ -49,8 +49,7 @@ otherwise), as the reference has no clipping.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -67,7 +66,6 @@ from raytopo.topology.rips import rips_persistence
 REFERENCE_WEIGHTS: tuple[float, ...] = (10, 10, 10, 10, 0, 0, 0)   # topovae_experiments.py CLI default
 SPACES = ("outputs", "latents")
 RECONSTRUCTIONS = ("bce", "mse")
-HELD_OUT_SEED_OFFSET = 1_000_003     # evaluation images of generated sources: a seed training never uses
 PREVIEW_EXAMPLES = {True: 12, False: 8}   # fills a square grid of (input, vae, topovae) triplets / pairs
 PREVIEW_PRIOR = 16
 
@@ -363,41 +361,16 @@ def decode_prior(network: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
 def evaluation_images(data: Any, n: int) -> torch.Tensor:
     """``n`` images ``[n, C, S, S]`` in [0, 1] for previews and evaluation.
 
-    Generated sources (garments, shapes, glyphs) draw *new* images with a seed training never uses (held out).
-    Files (``npy``, ``folder``, ``parquet``) give their first ``n`` images, which are training images: point
-    ``data.path`` at a test split (``--set data.path=...``) to evaluate on held-out data.
+    The shared held-out split (`raytopo.data.sources.held_out_arrays`): new draws of a generated source; the
+    last ``n`` images of files, which are training images (point ``data.path`` at a test split).
     """
     return to_unit(torch.tensor(_evaluation_array(data, n)))
 
 
 @functools.lru_cache(maxsize=8)
 def _evaluation_array(data: Any, n: int) -> np.ndarray:
-    from raytopo.data.config import GENERATED_SOURCES
-    from raytopo.data.sources import in_memory_arrays
+    from raytopo.data.sources import held_out_arrays
 
-    if data.source in GENERATED_SOURCES:
-        images = in_memory_arrays(replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n))["image"]
-    elif data.source == "parquet":
-        images = _parquet_images(data, n)
-    else:
-        images = in_memory_arrays(data)["image"][:n]
-    if len(images) < n:
-        raise InputError(f"data.path {data.path}: expected at least {n} images for evaluation, found {len(images)}")
+    images = held_out_arrays(data, n)["image"]
     images.setflags(write=False)
     return images
-
-
-def _parquet_images(data: Any, n: int) -> np.ndarray:
-    import pyarrow.parquet as pq
-
-    from raytopo.data.parquet import decode_rows
-
-    shards = sorted(Path(data.path).glob("part-*.parquet"))
-    chunks, count = [], 0
-    for shard in shards:
-        if count >= n:
-            break
-        images = decode_rows(pq.read_table(shard), data.image_size, data.channels)["image"]
-        chunks.append(images)
-        count += len(images)
-    return np.concatenate(chunks)[:n] if chunks else np.zeros((0, data.channels, data.image_size, data.image_size))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from raytopo.config import apply_overrides, from_dict, load_yaml, to_dict
-from raytopo.data.config import COUNT_CONVENTIONS, GENERATED_SOURCES, DataConfig  # noqa: F401 (part of the run config)
+from raytopo.data.config import DataConfig
 from raytopo.errors import ConfigError
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from raytopo.data.config import DataConfig
-from raytopo.data.sources import check_data_source, in_memory_arrays  # noqa: F401 (the driver's check)
+from raytopo.data.sources import in_memory_arrays
 from raytopo.errors import ConfigError
 
 Batch = dict[str, torch.Tensor]

@@ -52,7 +52,7 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
 def run_training(run: RunConfig, address: str | None = None, resume: bool = False) -> TrainingOutcome:
     """Train ``run`` on Ray; with ``resume`` continue from the newest checkpoint under the run directory."""
     run = with_absolute_storage(run)
-    from raytopo.train.data import check_data_source
+    from raytopo.data.sources import check_data_source
     from raytopo.train.loop import check_init_from
 
     check_data_source(run.data)  # bad data and a wrong init_from fail here, not as a worker traceback

@@ -52,7 +52,7 @@ def experiment_dir(space: TuneSpace) -> Path:
 
 def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False) -> SweepOutcome:
     """Run (or with ``resume`` continue) the sweep; a failing trial is a row of the table, not an exception."""
-    from raytopo.train.data import check_data_source
+    from raytopo.data.sources import check_data_source
     from raytopo.train.trainer import ensure_ray
 
     folder = experiment_dir(space)

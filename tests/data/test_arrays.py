@@ -10,7 +10,7 @@ from raytopo.data.arrays import load_image_array, load_labels
 from raytopo.data.folder import ImageFolderDataset
 from raytopo.errors import ConfigError, InputError
 from raytopo.train.config import DataConfig, parse_run_config
-from raytopo.train.data import in_memory_arrays
+from raytopo.data.sources import in_memory_arrays
 
 
 def _pictures(n: int = 5, size: int = 12) -> np.ndarray:

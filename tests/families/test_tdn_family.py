@@ -41,7 +41,7 @@ def topo_terms(monkeypatch):
 
 
 def _topo_terms(run, t: torch.Tensor, step: int) -> torch.Tensor:
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.sources import in_memory_arrays
 
     family = get_family("tdn")
     torch.manual_seed(0)

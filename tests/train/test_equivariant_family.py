@@ -57,7 +57,7 @@ def _built(**model):
 
 @functools.lru_cache(maxsize=None)
 def _glyph_images(data) -> np.ndarray:
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.sources import in_memory_arrays
 
     return in_memory_arrays(data)["image"]
 
@@ -227,7 +227,7 @@ def test_class_conditional_model_trains_on_labelled_npy_and_samples_per_class(tm
     torch.manual_seed(0)
     model = FAMILY.build(run)
     _randomise_zero_layers(model.net)
-    from raytopo.train.data import in_memory_arrays
+    from raytopo.data.sources import in_memory_arrays
 
     arrays = in_memory_arrays(run.data)
     batch = {"image": torch.from_numpy(arrays["image"]), "label": torch.from_numpy(arrays["label"])}

@@ -22,7 +22,7 @@ from raytopo.registry import get_family
 from raytopo.topology.regularisers import TopologicalRegulariser, TopoRegulariserConfig
 from raytopo.topology.rips import rips_persistence
 from raytopo.train.config import parse_run_config
-from raytopo.train.data import in_memory_arrays
+from raytopo.data.sources import in_memory_arrays
 from raytopo.train.step import train_step
 
 from train_helpers import tiny_config
