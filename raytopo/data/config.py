@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from raytopo.data.source_registry import get_source
 from raytopo.errors import ConfigError
 
-
-GENERATED_SOURCES = ("shapes", "glyphs", "garments")   # synthetic sets generated in memory, no files
 COUNT_CONVENTIONS = ("count", "two_counts", "count_object")
 
 
@@ -22,13 +21,14 @@ class DataConfig:
     * ``folder``: an image folder, labelled by file name (``convention``; ``none`` = unlabelled);
     * ``npy``: one ``.npy`` array of images ``[N,H,W]``, ``[N,C,H,W]`` or ``[N,H,W,C]`` (uint8 0..255 or float
       in [0, 1]), with optional integer class labels in ``labels_path``;
-    * ``parquet``: shards written by ``raytopo data pack``, streamed by Ray Data.
+    * ``parquet``: shards written by ``raytopo data pack``, streamed by Ray Data;
+    * any source added with `raytopo.data.source_registry.register_source`.
 
     ``count_limit`` bounds the counts a label may carry (file names, parquet rows): a count of 1e20 in a file
     name is a typo, not a target, and is rejected naming the file.
     """
 
-    source: Literal["shapes", "glyphs", "garments", "folder", "npy", "parquet"] = "shapes"
+    source: str = "shapes"
     path: str | None = None
     convention: Literal["count", "two_counts", "count_object", "none"] = "count"
     labels_path: str | None = None
@@ -43,7 +43,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.source not in GENERATED_SOURCES and not self.path:
+        if not get_source(self.source).generated and not self.path:
             raise ConfigError(f"data.path: required for source {self.source!r} (a folder, .npy file or parquet directory)")
         if self.labels_path and self.source != "npy":
             raise ConfigError(f"data.labels_path: only used with source 'npy', got source {self.source!r}")

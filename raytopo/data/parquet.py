@@ -170,6 +170,14 @@ def read_parquet_dataset(path: str | Path) -> ray.data.Dataset:
     return ray.data.read_parquet([str(shard) for shard in info.shards])
 
 
+def training_dataset(data: Any) -> ray.data.Dataset:
+    """The Ray Data dataset a ``parquet`` source trains from (``data``: a DataConfig), decoded on the Ray Data
+    workers with `decode_rows`."""
+    return read_parquet_dataset(data.path).map_batches(
+        decode_rows, fn_kwargs={"image_size": data.image_size, "channels": data.channels}, batch_format="pyarrow"
+    )
+
+
 def _check_replaceable(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: expected a directory for parquet shards, found a file")

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from raytopo.data.config import GENERATED_SOURCES, DataConfig
+from raytopo.data.config import DataConfig
+from raytopo.data.source_registry import get_source, resolve
 from raytopo.errors import ConfigError, InputError
 
 
 def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     """The whole (small) training set as arrays: ``image`` float32 [N, C, H, W] in [-1, 1] plus its labels."""
-    loaders = {"shapes": _shapes_arrays, "glyphs": _glyph_arrays, "garments": _garment_arrays,
-               "folder": _folder_arrays, "npy": _npy_arrays}
-    if data.source not in loaders:
+    source = get_source(data.source)
+    if source.streamed:
         raise ConfigError(f"data.source: {data.source!r} is streamed with Ray Data, not loaded in memory")
-    return loaders[data.source](data)
+    return resolve(source.load)(data)
 
 
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -41,9 +41,9 @@ def held_out_arrays(data: DataConfig, n: int) -> dict[str, np.ndarray]:
     """
     from dataclasses import replace
 
-    if data.source in GENERATED_SOURCES:
+    if get_source(data.source).generated:
         arrays = in_memory_arrays(replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n))
-    elif data.source == "parquet":
+    elif get_source(data.source).streamed:
         arrays = _last_parquet_rows(data, n)
     else:
         arrays = in_memory_arrays(data)
@@ -73,21 +73,45 @@ def check_data_source(data: DataConfig) -> None:
 
     Raises `InputError`/`ConfigError` with one line naming the file and what was expected.
     """
-    from raytopo.data import validate
+    resolve(get_source(data.source).check)(data)
 
-    if data.source == "shapes":
-        from raytopo.data.shapes import check_capacity
 
-        try:
-            check_capacity(_shapes_config(data))
-        except ConfigError as error:
-            raise ConfigError(f"data (source shapes, image_size {data.image_size}): {error}") from None
-    elif data.source == "folder":
-        validate.check_image_folder(data.path, data.convention, data.count_limit)
-    elif data.source == "npy":
-        validate.check_npy_images(data.path, data.labels_path)
-    elif data.source == "parquet":
-        validate.check_parquet_pack(data.path, data.convention, data.count_limit)
+# --- the built-in sources' checks (registered in raytopo.data.source_registry) --------------------------------
+
+
+def check_shapes(data: DataConfig) -> None:
+    """The image can hold ``max_count`` shapes (one such mask is generated)."""
+    from raytopo.data.shapes import check_capacity
+
+    try:
+        check_capacity(_shapes_config(data))
+    except ConfigError as error:
+        raise ConfigError(f"data (source shapes, image_size {data.image_size}): {error}") from None
+
+
+def check_nothing(data: DataConfig) -> None:
+    """Generated sources other than shapes: nothing can be wrong that the config did not already reject."""
+
+
+def check_folder(data: DataConfig) -> None:
+    from raytopo.data.validate import check_image_folder
+
+    check_image_folder(data.path, data.convention, data.count_limit)
+
+
+def check_npy(data: DataConfig) -> None:
+    from raytopo.data.validate import check_npy_images
+
+    check_npy_images(data.path, data.labels_path)
+
+
+def check_parquet(data: DataConfig) -> None:
+    from raytopo.data.validate import check_parquet_pack
+
+    check_parquet_pack(data.path, data.convention, data.count_limit)
+
+
+# --- the built-in in-memory loaders ----------------------------------------------------------------------------
 
 
 def _shapes_config(data: DataConfig):
@@ -97,7 +121,7 @@ def _shapes_config(data: DataConfig):
                         min_count=data.min_count, seed=data.seed)
 
 
-def _shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+def shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     from raytopo.data.shapes import shape_example
 
     config = _shapes_config(data)
@@ -109,14 +133,14 @@ def _shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     return {"image": _scaled(np.stack(masks), data.channels), "counts": np.asarray(counts, dtype=np.float32)}
 
 
-def _glyph_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+def glyph_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     from raytopo.data.glyphs import glyph_images
 
     images = glyph_images(data.num_images, data.image_size, group=data.group, seed=data.seed)
     return {"image": _scaled(images, data.channels)}
 
 
-def _garment_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+def garment_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     from raytopo.data.garments import garment_images
 
     images, labels = garment_images(data.num_images, data.image_size, seed=data.seed)
@@ -129,7 +153,7 @@ def _scaled(images: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(scaled, channels, axis=1) if channels == 3 else scaled
 
 
-def _folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+def folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     from raytopo.data.folder import ImageFolderDataset
 
     dataset = ImageFolderDataset(data.path, data.convention, data.image_size, channels=data.channels,
@@ -138,7 +162,7 @@ def _folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     return {key: np.stack([item[key].numpy() for item in items]) for key in items[0]}
 
 
-def _npy_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+def npy_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     from raytopo.data.arrays import load_image_array, load_labels
 
     arrays = {"image": load_image_array(data.path, data.image_size, data.channels)}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from raytopo.data.config import DataConfig
+from raytopo.data.source_registry import get_source
 from raytopo.data.sources import in_memory_arrays
 from raytopo.errors import ConfigError
 
@@ -32,7 +33,7 @@ Batch = dict[str, torch.Tensor]
 def batch_iterator(data: DataConfig, batch_size: int, rank: int, world: int, seed: int,
                    start_step: int, device: torch.device) -> Iterator[Batch]:
     """Endless batches for one worker, positioned at ``start_step`` (so a resume does not repeat data)."""
-    if data.source == "parquet":
+    if get_source(data.source).streamed:
         return _ray_data_batches(data, batch_size, device)
     arrays = in_memory_arrays(data)
     return _array_batches(arrays, batch_size, rank, world, seed, start_step, device)
@@ -63,12 +64,3 @@ def _ray_data_batches(data: DataConfig, batch_size: int, device: torch.device) -
         for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
             yield {key: value for key, value in batch.items()
                    if key in ("image", "object") or (key == "counts" and value.shape[-1] > 0)}
-
-
-def ray_dataset(data: DataConfig) -> Any:
-    """The Ray Data dataset for ``parquet`` sources, decoded to arrays on the Ray Data workers."""
-    from raytopo.data.parquet import decode_rows, read_parquet_dataset
-
-    return read_parquet_dataset(data.path).map_batches(
-        decode_rows, fn_kwargs={"image_size": data.image_size, "channels": data.channels}, batch_format="pyarrow"
-    )

@@ -30,7 +30,7 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raytopo.train.data import ray_dataset
+    from raytopo.data.source_registry import get_source, resolve
     from raytopo.train.loop import train_loop_per_worker
 
     resources = {"CPU": run.ray.cpus_per_worker, **run.ray.worker_resources}
@@ -44,7 +44,8 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
         callbacks=list(callbacks) or None,
     )
     loop_config = {**run.to_plain(), "resume_from": str(resume_from) if resume_from else None}
-    datasets = {"train": ray_dataset(run.data)} if run.data.source == "parquet" else None
+    source = get_source(run.data.source)
+    datasets = {"train": resolve(source.dataset)(run.data)} if source.streamed else None
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run_config, datasets=datasets)
 

@@ -36,3 +36,37 @@ def test_files_give_their_last_images_and_parquet_agrees_with_the_folder(tmp_pat
     np.testing.assert_array_equal(from_parquet["counts"], from_folder["counts"])
     with pytest.raises(InputError, match="at least 11 images"):
         held_out_arrays(folder, 11)
+
+
+def stripes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    """A custom source for the registry test: horizontal stripes."""
+    image = np.where(np.arange(data.image_size) % 2, 1.0, -1.0).astype(np.float32)[:, None]
+    image = np.broadcast_to(image, (data.image_size, data.image_size))
+    return {"image": np.broadcast_to(image, (data.num_images, data.channels, *image.shape)).copy()}
+
+
+checked: list[str] = []
+
+
+def check_stripes(data: DataConfig) -> None:
+    checked.append(data.source)
+
+
+def test_a_registered_source_is_a_valid_data_source_everywhere(monkeypatch):
+    from raytopo.data import source_registry
+    from raytopo.data.source_registry import Source, register_source
+    from raytopo.data.sources import check_data_source
+    from raytopo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="expected one of folder, garments, glyphs, npy, parquet, shapes"):
+        DataConfig(source="stripes")
+    monkeypatch.setattr(source_registry, "_SOURCES", dict(source_registry._SOURCES))
+    register_source("stripes", Source(f"{__name__}:stripes_arrays", f"{__name__}:check_stripes", generated=True))
+    data = DataConfig(source="stripes", image_size=8, num_images=3)
+    check_data_source(data)
+    assert checked == ["stripes"]
+    arrays = in_memory_arrays(data)
+    assert arrays["image"].shape == (3, 1, 8, 8) and set(np.unique(arrays["image"])) == {-1.0, 1.0}
+    assert held_out_arrays(data, 2)["image"].shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="streamed source needs a dataset"):
+        register_source("bad", Source(None, f"{__name__}:check_stripes"))

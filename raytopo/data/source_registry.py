@@ -1,0 +1,71 @@
+"""Data sources by name: adding one is one `register_source` call, never an edit of the loaders or the trainer.
+
+A source names, as ``"module:function"`` strings resolved on first use (so this module imports nothing heavy and
+no import circle forms), the function that loads a whole in-memory set from a `DataConfig` (``None`` for
+sources streamed by Ray Data) and the function that checks the source completely on the driver before any Ray
+worker starts. ``generated`` sources are made in memory from ``data.seed`` and need no ``data.path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from raytopo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Source:
+    load: str | None          # "module:function": DataConfig -> {"image": [N, C, H, W] in [-1, 1], labels...}
+    check: str                # "module:function": DataConfig -> None, raises InputError/ConfigError
+    generated: bool = False   # built from data.seed, no files
+    description: str = ""
+    dataset: str | None = None  # streamed sources: "module:function": DataConfig -> ray.data.Dataset
+
+    @property
+    def streamed(self) -> bool:
+        """Read by Ray Data on the workers instead of loaded into memory."""
+        return self.load is None
+
+
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, source: Source) -> None:
+    """Make ``data.source: name`` valid; a streamed source (``load`` None) must name its ``dataset``."""
+    if source.streamed and not source.dataset:
+        raise ValueError(f"source {name!r}: a streamed source needs a dataset function")
+    _SOURCES[name] = source
+
+
+def source_names() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def get_source(name: str) -> Source:
+    """The source registered as ``name``; ConfigError listing the known ones otherwise."""
+    if name not in _SOURCES:
+        raise ConfigError(f"data.source: expected one of {', '.join(source_names())}, got {name!r}")
+    return _SOURCES[name]
+
+
+def resolve(reference: str) -> Callable[..., Any]:
+    """The function a ``"module:function"`` string names."""
+    module, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+_LOADERS = "raytopo.data.sources"
+register_source("shapes", Source(f"{_LOADERS}:shapes_arrays", f"{_LOADERS}:check_shapes", generated=True,
+                                 description="masks with exact component/hole counts"))
+register_source("glyphs", Source(f"{_LOADERS}:glyph_arrays", f"{_LOADERS}:check_nothing", generated=True,
+                                 description="glyphs whose distribution is invariant under data.group"))
+register_source("garments", Source(f"{_LOADERS}:garment_arrays", f"{_LOADERS}:check_nothing", generated=True,
+                                   description="FashionMNIST-like images in 10 classes"))
+register_source("folder", Source(f"{_LOADERS}:folder_arrays", f"{_LOADERS}:check_folder",
+                                 description="images labelled by file name"))
+register_source("npy", Source(f"{_LOADERS}:npy_arrays", f"{_LOADERS}:check_npy",
+                              description="one .npy image array, optional labels_path"))
+register_source("parquet", Source(None, f"{_LOADERS}:check_parquet", dataset="raytopo.data.parquet:training_dataset",
+                                  description="shards of raytopo data pack, streamed by Ray Data"))
