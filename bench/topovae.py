@@ -108,13 +108,14 @@ def reconstruction_curves(steps: int) -> list[list]:
     from raytopo.parallel.pool import PersistencePool, PoolConfig
     from raytopo.registry import get_family
     from raytopo.train.data import batch_iterator
+    from raytopo.train.loop import make_optimizer
     from raytopo.train.step import train_step
 
     run = run_config(128, steps=steps)
     family = get_family("topovae")
     torch.manual_seed(run.train.seed)
     model = family.build(run)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=0.0)
+    optimizer = make_optimizer(family, model, run)   # the trainer's policy: one parameter group per model
     ctx = StepContext(step=0, device=torch.device("cpu"), pool=PersistencePool(PoolConfig(num_actors=0)),
                       generator=torch.Generator(), extras=family.setup(run))
     batches = batch_iterator(run.data, run.train.batch_size, 0, 1, run.train.seed, 0, torch.device("cpu"))

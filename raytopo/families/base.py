@@ -9,6 +9,8 @@ commands, Tune and the demo talk to it only through the hooks of :class:`Family`
   a term missing here is an error (a typo would otherwise silently train with weight 0);
 * ``needs_pool(run)``: whether ``losses`` needs the persistence actors (``ctx.pool``);
 * ``build(run) -> nn.Module``;
+* ``parameter_groups(model, run) -> [ParamGroup]``: what the optimizer trains, in groups with their own lr
+  scale and gradient clipping (`single_group` for most families; frozen parameters are left out);
 * ``losses(model, batch, ctx) -> dict[str, Tensor | Pending]``: *per-sample* loss terms ``[B]``. The trainer
   multiplies them by ``loss_weights``, reduces, logs each term and backpropagates. A term may be `Pending`:
   work still running elsewhere (for TDN, persistence diagrams on Ray actors), resolved as late as possible so
@@ -75,6 +77,21 @@ def sample_in_batches(family: "Family", model: torch.nn.Module, run: Any, n: int
 
 
 @dataclass
+class ParamGroup:
+    """Parameters optimised together: their own learning-rate scale and their own gradient-norm clipping
+    (``train.grad_clip`` applies to each group separately, so two models trained side by side stay independent)."""
+
+    name: str
+    parameters: list[torch.nn.Parameter]
+    lr_scale: float = 1.0
+
+
+def single_group(model: torch.nn.Module) -> list[ParamGroup]:
+    """The default optimisation policy: every trainable parameter in one group."""
+    return [ParamGroup("all", [p for p in model.parameters() if p.requires_grad])]
+
+
+@dataclass
 class StepContext:
     """What a family's `losses` may use besides the model and batch."""
 
@@ -100,6 +117,8 @@ class Family(Protocol):
     def needs_pool(self, run: Any) -> bool: ...
 
     def build(self, run: Any) -> torch.nn.Module: ...
+
+    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]: ...
 
     def losses(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict: ...
 

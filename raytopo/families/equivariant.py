@@ -58,7 +58,7 @@ from raytopo.diffusion.formulations import (
 )
 from raytopo.diffusion.gaussian import mean_flat
 from raytopo.errors import ConfigError
-from raytopo.families.base import StepContext
+from raytopo.families.base import ParamGroup, StepContext, single_group
 from raytopo.models.adm.unet import UNetConfig
 from raytopo.models.equivariant import GroupAveraged, act, build_equivariant_unet, get_group, inverse
 from raytopo.models.ema import make_ema, update_ema
@@ -210,6 +210,9 @@ class EquivariantFamily:
 
     def needs_pool(self, run: Any) -> bool:
         return False
+
+    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]:
+        return single_group(model)
 
     def sampling_conditions(self, run: Any) -> str:
         """``classes`` for a class-conditional model (``model.num_classes > 0``), else ``none``."""

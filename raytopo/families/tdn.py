@@ -30,7 +30,7 @@ from raytopo.config import from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from raytopo.diffusion.respace import build_diffusion
 from raytopo.errors import ConfigError
-from raytopo.families.base import Pending, StepContext
+from raytopo.families.base import ParamGroup, Pending, StepContext, single_group
 from raytopo.models.adm.unet import UNetConfig, UNetModel
 from raytopo.topology.losses import TDNLossConfig, critical_targets, gather_loss
 
@@ -151,6 +151,9 @@ class TDNFamily:
 
     def needs_pool(self, run: Any) -> bool:
         return self.topology and self.parse(run).topo.weight > 0
+
+    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]:
+        return single_group(model)
 
     def sampling_conditions(self, run: Any) -> str:
         """``counts`` for adm_t and tdn (target topological counts), ``none`` for the unconditional adm."""

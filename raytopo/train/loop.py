@@ -46,7 +46,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     if run.init_from:
         initialise_from(model, run.init_from)
     ema = make_ema(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+    optimizer = make_optimizer(family, model, run)
     start = restore(_checkpoint_to_resume(plain_config), model, ema, optimizer)
     model = ray.train.torch.prepare_model(model, parallel_strategy=None)
     broadcast_parameters(model)
@@ -65,7 +65,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             ctx.step = step
             ctx.generator.manual_seed(step_seed(run.train.seed, rank, step))
             for group in optimizer.param_groups:
-                group["lr"] = run.train.lr_at(step)
+                group["lr"] = run.train.lr_at(step) * group["lr_scale"]
             metrics = train_step(model, family, next(batches), ctx, weights, optimizer,
                                  run.train.microbatches, run.train.grad_clip, run.train.precision)
             update_ema(ema, model, run.train.ema_rate_at(step))
@@ -73,7 +73,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             _maybe_sample(family, ema, run, logger, done)
             _maybe_evaluate(family, ema, run, logger, done)
             if done % run.train.log_every == 0 or done % run.train.checkpoint_every == 0 or done == run.train.steps:
-                values = logger.scalars(done, metrics, optimizer.param_groups[0]["lr"])
+                values = logger.scalars(done, metrics, run.train.lr_at(step))
                 checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
                 _report({**values, "step": done}, model, ema, optimizer, run, rank, checkpoint_due)
     finally:
@@ -82,6 +82,13 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             publish(run.run_dir / "tensorboard", run.ray.storage_path, run.ray.name, "tensorboard")
         if pool is not None:
             pool.close()
+
+
+def make_optimizer(family, model: torch.nn.Module, run: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over the family's parameter groups (frozen parameters left out), each with its lr scale and name."""
+    groups = [{"params": group.parameters, "name": group.name, "lr_scale": group.lr_scale,
+               "lr": run.train.lr * group.lr_scale} for group in family.parameter_groups(model, run)]
+    return torch.optim.AdamW(groups, lr=run.train.lr, weight_decay=run.train.weight_decay)
 
 
 def limit_cpu_threads(run: RunConfig) -> None:

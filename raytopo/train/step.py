@@ -57,11 +57,24 @@ def train_step(model: torch.nn.Module, family, batch: Batch, ctx: StepContext, w
             metrics[name] = metrics.get(name, 0.0) + value.detach().mean().item() / len(chunks)
         metrics["loss"] = metrics.get("loss", 0.0) + loss.item()
     all_reduce_gradients(model)
-    parameters = [p for p in model.parameters() if p.grad is not None]
     if grad_clip:
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip))
+        metrics.update(clip_each_group(optimizer, grad_clip))
     optimizer.step()
     return metrics
+
+
+def clip_each_group(optimizer: torch.optim.Optimizer, grad_clip: float) -> dict[str, float]:
+    """Clip every parameter group to ``grad_clip`` on its own norm. Returns ``grad_norm`` (the norm before
+    clipping; with several groups the norm over all of them) and, with several groups, ``grad_norm_<name>``."""
+    norms = {}
+    for index, group in enumerate(optimizer.param_groups):
+        parameters = [p for p in group["params"] if p.grad is not None]
+        if parameters:
+            norms[group.get("name", str(index))] = float(torch.nn.utils.clip_grad_norm_(parameters, grad_clip))
+    if len(norms) == 1:
+        return {"grad_norm": next(iter(norms.values()))}
+    return {"grad_norm": math.sqrt(sum(n * n for n in norms.values())),
+            **{f"grad_norm_{name}": norm for name, norm in norms.items()}}
 
 
 def all_reduce_gradients(model: torch.nn.Module) -> None:

@@ -20,6 +20,7 @@ from raytopo.parallel.pool import PersistencePool, PoolConfig
 from raytopo.registry import family_names, get_family
 from raytopo.train.checkpoint import load_checkpoint, save_checkpoint
 from raytopo.train.config import parse_run_config
+from raytopo.train.loop import make_optimizer
 from raytopo.train.step import train_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,7 +67,9 @@ def test_family_conforms_to_the_contract(name, tmp_path):
     pool = PersistencePool(PoolConfig(num_actors=0)) if family.needs_pool(run) else None
     ctx = StepContext(step=0, device=torch.device("cpu"), pool=pool, generator=torch.Generator().manual_seed(0),
                       extras=family.setup(run))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr)
+    optimizer = make_optimizer(family, model, run)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}   # every trainable one, once
     weights = family.loss_weights(run)
     metrics = train_step(model, family, batch, ctx, weights, optimizer, 1, run.train.grad_clip)
     assert math.isfinite(metrics["loss"]) and set(weights) <= set(metrics)

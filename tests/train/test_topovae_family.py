@@ -248,12 +248,30 @@ def test_bad_model_settings_name_the_field(tmp_path, model, field):
         parse_run_config(config)
 
 
-def test_grad_clip_and_image_size_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match=r"train\.grad_clip"):
-        parse_run_config(plain_config(tmp_path, train={"grad_clip": 1.0}))
-    config = plain_config(tmp_path, train={"grad_clip": 1.0})
-    config["model"]["compare"] = False
-    assert parse_run_config(config).train.grad_clip == 1.0   # one model: clipping couples nothing
+def test_gradient_clipping_is_per_model_so_the_pair_stays_independent(tmp_path):
+    """With train.grad_clip the VAE and the TopoVAE are clipped on their own norms (one parameter group each): the
+    plain VAE moves exactly as it does when the TopoVAE's gradients are different (topology term on or off)."""
+    from raytopo.train.loop import make_optimizer
+
+    family = get_family("topovae")
+    moved = {}
+    for label, topo in (("plain", {"weights": [0] * 7}), ("topo", None)):
+        run = parse_run_config(plain_config(tmp_path, topo=topo, train={"grad_clip": 1e-3}))
+        torch.manual_seed(0)
+        model = family.build(run)
+        optimizer = make_optimizer(family, model, run)
+        assert [group["name"] for group in optimizer.param_groups] == ["vae", "topovae"]
+        metrics = train_step(model, family, garment_batch(run, np.arange(16)), context(family, run),
+                             family.loss_weights(run), optimizer, 1, run.train.grad_clip)
+        assert metrics["grad_norm_vae"] > 1e-3 and metrics["grad_norm_topovae"] > 1e-3   # both really clipped
+        moved[label] = model
+    for key, value in moved["plain"].vae.state_dict().items():
+        torch.testing.assert_close(value, moved["topo"].vae.state_dict()[key], rtol=0, atol=0)
+    assert any(not torch.equal(value, moved["topo"].topovae.state_dict()[key])
+               for key, value in moved["plain"].topovae.state_dict().items())
+
+
+def test_image_size_is_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.image_size"):
         parse_run_config(plain_config(tmp_path, data={"image_size": 18}))
 
