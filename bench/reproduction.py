@@ -1,6 +1,7 @@
 """TDN against ADM-T at an equal budget, over seeds, with its CPU-minute budget (the TDN paper's headline claim).
 
-Run:  python bench/reproduction.py                 # 0-dim Shapes from the shipped base, 3 seeds (~45 min, 2 CPUs)
+Run:  python bench/reproduction.py                 # 0-dim Shapes from the shipped base, 3 seeds (~35 min, 2 CPUs)
+      python bench/reproduction.py --finetune-steps 600 --sampler ddim   # the demo's budget and sampler
       python bench/reproduction.py --from-scratch  # train the 0-dim base too (what `raytopo demo --from-scratch` does)
       python bench/reproduction.py --settings dim0,dim1,both --from-scratch   # + holes and two counts (~3 h)
       python bench/reproduction.py --study         # what drives the gap: one change at a time, seed 0
@@ -64,9 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the dim0 base too (dim1 and both are always trained: nothing is shipped)")
     parser.add_argument("--base-steps", type=int, default=3000, help="ADM-T base steps when trained here")
-    parser.add_argument("--finetune-steps", type=int, default=600, help="steps of each fine-tuning run")
+    parser.add_argument("--finetune-steps", type=int, default=1200,
+                        help="steps of each fine-tuning run (default 1200; the demo uses 600)")
     parser.add_argument("--per-count", type=int, default=40, help="samples per target count")
-    parser.add_argument("--sampler", default="ddim")
+    parser.add_argument("--sampler", default="ddpm_learned",
+                        help="default ddpm_learned (the best counts per cost, docs/tdn.md); the demo uses ddim")
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--study", action="store_true", help="the one-change-at-a-time study (seed 0, dim0)")
     parser.add_argument("--only", default=None, help="study: only these variants (';'-separated names)")
