@@ -91,3 +91,28 @@ def test_readme_cluster_overrides_place_actors_on_the_persistence_type(tmp_path,
     assert set(run.ray.actor_resources) <= set(cpu_type)
     readme = (REPO / "README.md").read_text()
     assert "--set ray.actor_resources.persistence=1" in readme
+
+
+def _all_setup_commands(prepared: dict) -> dict[str, str]:
+    commands = {prepared["head_node_type"]: "\n".join(prepared["setup_commands"])}
+    commands.update({name: "\n".join(setup_commands_of(prepared, name)) for name in node_types(prepared)})
+    return commands
+
+
+def test_ssh_is_not_open_to_the_world(prepared: dict) -> None:
+    """Without SecurityGroupIds Ray creates a group with SSH from 0.0.0.0/0 (ray/autoscaler/_private/aws/config.py,
+    _create_default_ssh_inbound_rules): every node type must name its own group."""
+    for name, spec in prepared["available_node_types"].items():
+        assert spec["node_config"].get("SecurityGroupIds"), name
+    assert "--cidr YOUR.IP.ADDRESS/32" in CLUSTER_YAML.read_text() and "0.0.0.0/0" not in CLUSTER_YAML.read_text()
+
+
+def test_every_node_mounts_shared_storage_and_exports_the_token_mode(prepared: dict) -> None:
+    for name, text in _all_setup_commands(prepared).items():
+        assert "export RAY_AUTH_MODE=token' >> ~/.bashrc" in text, name        # ray exec / attach shells
+        assert "/mnt/shared" in text and "mount -t nfs4" in text, name
+    assert "--set ray.storage_path=/mnt/shared/runs" in (REPO / "README.md").read_text()
+
+
+def test_the_git_history_is_not_synced(prepared: dict) -> None:
+    assert {"**/.git", "**/.git/**"} <= set(prepared["rsync_exclude"])
