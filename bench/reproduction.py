@@ -129,16 +129,13 @@ def train(config: dict, folder: Path) -> tuple[Path, float]:
 def evaluate(checkpoint: Path | str, args: argparse.Namespace, seed: int, folder: Path) -> tuple[dict, float]:
     """The family's evaluation of ``per_count`` samples per target count; also writes a grid."""
     from raytopo.commands.sample import write_grid
-    from raytopo.train.loading import load_model_for_sampling
-    from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings
+    from raytopo.train.loading import load_model_for_sampling
 
     start = time.perf_counter()
     family, run, model = load_model_for_sampling(checkpoint)
-    cond = family.target_counts(run, args.per_count)
     settings = SamplerSettings(name=args.sampler, steps=args.sample_steps, seed=1000 * seed)
-    with torch.no_grad():
-        images = sample_in_batches(family, model, run, len(cond["counts"]), cond, settings, batch_size=100)
+    images, cond = family.sample_targets(model, run, settings, args.per_count, batch_size=100)
     write_grid(images[:: max(1, args.per_count // 4)], folder)
     return family.evaluate(images, cond, family.count_dims(run)), time.perf_counter() - start
 

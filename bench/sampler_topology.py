@@ -43,7 +43,6 @@ GRID = "ddim:25,ddim:50,ddim:100,ddpm:50,ddpm:250,ddpm_learned:50,ddpm_learned:2
 def main(argv: list[str] | None = None) -> None:
     from raytopo.train.loading import load_model_for_sampling
     from raytopo.diffusion.samplers import denoiser_calls
-    from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,14 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for checkpoint in map(resolve_checkpoint, args.checkpoints):
         family, run, model = load_model_for_sampling(checkpoint)
-        cond = family.target_counts(run, args.per_count)
         measure = "dim1" if family.count_dims(run) == (1,) else "dim0_conn4"
         timed = []
         for name, steps in grid:
             settings = SamplerSettings(name=name, steps=steps, seed=args.seed)
             start = time.perf_counter()
-            with torch.no_grad():
-                images = sample_in_batches(family, model, run, len(cond["counts"]), cond, settings, batch_size=100)
+            images, cond = family.sample_targets(model, run, settings, args.per_count, batch_size=100)
             per_image = (time.perf_counter() - start) / len(images)
             metrics = family.evaluate(images, cond, family.count_dims(run))
             timed.append((name, steps, metrics, per_image))

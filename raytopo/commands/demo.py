@@ -175,21 +175,16 @@ def _describe_base(location: str) -> str:
 
 def _sample_and_evaluate(checkpoint: Path, out: Path, label: str, args: DemoArgs):
     """``per_count`` masks for every count with the demo's sampler (on the driver, with every free core)."""
-    import torch
-
     from raytopo.commands.sample import write_grid, write_samples
-    from raytopo.train.loading import load_model_for_sampling
-    from raytopo.families.base import sample_in_batches
     from raytopo.families.sampling import SamplerSettings
     from raytopo.parallel.cpus import use_free_cpus
+    from raytopo.train.loading import load_model_for_sampling
 
     use_free_cpus()
     family, run, model = load_model_for_sampling(checkpoint)
-    cond = family.target_counts(run, args.per_count)
     settings = SamplerSettings(name=args.sampler, steps=args.sample_steps, seed=args.seed)
-    with torch.no_grad():
-        images = sample_in_batches(family, model, run, len(cond["counts"]), cond, settings, batch_size=100,
-                                   progress=f"sampling {label}")
+    images, cond = family.sample_targets(model, run, settings, args.per_count, batch_size=100,
+                                         progress=f"sampling {label}")
     folder = out / "samples" / label.lower().replace("-", "_")
     write_samples(images, [tuple(row) for row in cond["counts"].tolist()], folder)
     write_grid(images, folder)

@@ -269,14 +269,21 @@ class TDNFamily:
         captions = [":".join(str(int(c)) for c in row) for row in cond["counts"].tolist()]
         return {"counts": (images, captions)}
 
-    def evaluate_model(self, model: torch.nn.Module, run: Any, sampler: Any, per_count: int,
-                       batch_size: int) -> dict[str, float]:
-        """`evaluate` of ``per_count`` samples for each target count of the run's data."""
+    def sample_targets(self, model: torch.nn.Module, run: Any, sampler: Any, per_count: int, batch_size: int,
+                       progress: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``per_count`` samples for each target count of the run's data (`target_counts`), and those targets:
+        what `evaluate_model`, the demo and the benches evaluate."""
         from raytopo.families.base import sample_in_batches
 
         cond = self.target_counts(run, per_count)
         with torch.no_grad():
-            images = sample_in_batches(self, model, run, len(cond["counts"]), cond, sampler, batch_size)
+            images = sample_in_batches(self, model, run, len(cond["counts"]), cond, sampler, batch_size, progress)
+        return images, cond
+
+    def evaluate_model(self, model: torch.nn.Module, run: Any, sampler: Any, per_count: int,
+                       batch_size: int) -> dict[str, float]:
+        """`evaluate` of ``per_count`` samples for each target count of the run's data."""
+        images, cond = self.sample_targets(model, run, sampler, per_count, batch_size)
         return self.evaluate(images, cond, self.count_dims(run))
 
     def metric_names(self, run: Any) -> set[str]:
