@@ -48,7 +48,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _at_least(minimum: int):
-    """An argparse type: a whole number >= ``minimum`` (bad values fail at parsing, with the usage line)."""
+    """An argparse type: a whole number >= ``minimum`` (a bad value fails at parsing, in one line)."""
 
     def parse(text: str) -> int:
         try:

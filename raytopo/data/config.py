@@ -63,4 +63,5 @@ class DataConfig:
     @property
     def has_counts(self) -> bool:
         """Whether batches carry topological ``counts`` (what count-conditioned families need)."""
-        return self.source == "shapes" or (self.source in ("folder", "parquet") and self.convention in COUNT_CONVENTIONS)
+        counts = get_source(self.source).counts
+        return counts == "always" or (counts == "by_convention" and self.convention in COUNT_CONVENTIONS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from raytopo.errors import ConfigError
 
@@ -22,6 +22,7 @@ class Source:
     generated: bool = False   # built from data.seed, no files
     description: str = ""
     dataset: str | None = None  # streamed sources: "module:function": DataConfig -> ray.data.Dataset
+    counts: Literal["never", "always", "by_convention"] = "never"   # whether batches carry topological counts
 
     @property
     def streamed(self) -> bool:
@@ -58,14 +59,15 @@ def resolve(reference: str) -> Callable[..., Any]:
 
 _LOADERS = "raytopo.data.sources"
 register_source("shapes", Source(f"{_LOADERS}:shapes_arrays", f"{_LOADERS}:check_shapes", generated=True,
-                                 description="masks with exact component/hole counts"))
+                                 counts="always", description="masks with exact component/hole counts"))
 register_source("glyphs", Source(f"{_LOADERS}:glyph_arrays", f"{_LOADERS}:check_nothing", generated=True,
                                  description="glyphs whose distribution is invariant under data.group"))
 register_source("garments", Source(f"{_LOADERS}:garment_arrays", f"{_LOADERS}:check_nothing", generated=True,
                                    description="FashionMNIST-like images in 10 classes"))
-register_source("folder", Source(f"{_LOADERS}:folder_arrays", f"{_LOADERS}:check_folder",
+register_source("folder", Source(f"{_LOADERS}:folder_arrays", f"{_LOADERS}:check_folder", counts="by_convention",
                                  description="images labelled by file name"))
 register_source("npy", Source(f"{_LOADERS}:npy_arrays", f"{_LOADERS}:check_npy",
                               description="one .npy image array, optional labels_path"))
 register_source("parquet", Source(None, f"{_LOADERS}:check_parquet", dataset="raytopo.data.parquet:training_dataset",
+                                  counts="by_convention",
                                   description="shards of raytopo data pack, streamed by Ray Data"))

@@ -41,9 +41,10 @@ def held_out_arrays(data: DataConfig, n: int) -> dict[str, np.ndarray]:
     """
     from dataclasses import replace
 
-    if get_source(data.source).generated:
+    source = get_source(data.source)
+    if source.generated:
         arrays = in_memory_arrays(replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n))
-    elif get_source(data.source).streamed:
+    elif source.streamed:
         arrays = _last_parquet_rows(data, n)
     else:
         arrays = in_memory_arrays(data)

@@ -121,9 +121,8 @@ def labelled_grid(images: torch.Tensor, captions: list[str], label_width: int = 
     for index, caption in enumerate(captions):
         groups.setdefault(caption, []).append(index)
     columns = max(len(indices) for indices in groups.values())
+    # every row is laid out on `columns` tiles, so the rows are equally wide
     rows = [upscale(image_grid(images[indices], columns=columns), images.shape[-1]) for indices in groups.values()]
-    rows = [np.pad(row, [(0, 0), (0, rows[0].shape[1] - row.shape[1])] + [(0, 0)] * (row.ndim - 2),
-                   constant_values=128) for row in rows]
     body = np.concatenate(rows, axis=0)
     margin = np.full((body.shape[0], label_width) + body.shape[2:], 255, dtype=np.uint8)
     picture = Image.fromarray(np.concatenate([margin, body], axis=1))

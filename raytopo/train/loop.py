@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from raytopo.families.base import StepContext
+from raytopo.families.sampling import SamplerSettings
+from raytopo.models.ema import make_ema, update_ema
 from raytopo.registry import get_family
 from raytopo.train.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
 from raytopo.train.config import RunConfig, parse_run_config
 from raytopo.train.data import batch_iterator
-from raytopo.models.ema import make_ema, update_ema
 from raytopo.train.logging import RunLogger
 from raytopo.train.step import broadcast_parameters, train_step
 from raytopo.train.storage import publish
@@ -215,8 +216,6 @@ def _maybe_sample(family, ema, run: RunConfig, logger: RunLogger, done: int) -> 
 
 
 def _maybe_evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -> None:
-    from raytopo.families.sampling import SamplerSettings
-
     every = run.train.eval_every
     if not logger.enabled or not every or done % every:
         return

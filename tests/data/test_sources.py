@@ -63,6 +63,10 @@ def test_a_registered_source_is_a_valid_data_source_everywhere(monkeypatch):
     monkeypatch.setattr(source_registry, "_SOURCES", dict(source_registry._SOURCES))
     register_source("stripes", Source(f"{__name__}:stripes_arrays", f"{__name__}:check_stripes", generated=True))
     data = DataConfig(source="stripes", image_size=8, num_images=3)
+    assert not data.has_counts                       # what a source declares, not a list of names
+    register_source("counted", Source(f"{__name__}:stripes_arrays", f"{__name__}:check_stripes", generated=True,
+                                      counts="always"))
+    assert DataConfig(source="counted").has_counts
     check_data_source(data)
     assert checked == ["stripes"]
     arrays = in_memory_arrays(data)
