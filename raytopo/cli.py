@@ -279,12 +279,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The arguments naming what a command writes, or reads back from an earlier job (see raytopo/job_paths.py);
+# `train` and `tune` handle ray.storage_path / the space's storage_path where they read their configs.
+_JOB_PATH_ARGS = {"sample": ("checkpoint", "out"), "score": ("checkpoint", "out"), "evaluate": ("folder", "out"),
+                  "tune": ("storage",), "demo": ("out", "export_base"), "data": ("out",), "pointcloud": ("out",)}
+
+
+def _outlive_job(args: argparse.Namespace) -> None:
+    """Inside a Ray job, put relative output paths where they outlive the job (or refuse them), in place."""
+    from raytopo.job_paths import outside_job_copy
+
+    for name in _JOB_PATH_ARGS.get(args.command, ()):
+        value = getattr(args, name, None)
+        if value is not None:
+            flag = name if name in ("checkpoint", "folder") else f"--{name.replace('_', '-')}"
+            setattr(args, name, outside_job_copy(value, flag))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # a bad argument (usage + one line, status 2) or --help (status 0)
         return int(exit_.code or 0)
     try:
+        _outlive_job(args)
         return args.run(args)
     except RaytopoError as error:
         print(f"raytopo {args.command}: error: {error}", file=sys.stderr)

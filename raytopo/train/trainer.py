@@ -69,10 +69,14 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
 
 def with_absolute_storage(run: RunConfig) -> RunConfig:
     """``run`` with ``ray.storage_path`` resolved on the driver: Ray Train V2 changes each worker's working
-    directory, so a relative ``runs`` would put the worker's TensorBoard logs under Ray's own temp folder."""
+    directory, so a relative ``runs`` would put the worker's TensorBoard logs under Ray's own temp folder; inside
+    a Ray job a relative path is placed where it outlives the job (raytopo/job_paths.py)."""
     from dataclasses import replace
 
-    return replace(run, ray=replace(run.ray, storage_path=storage_root(run.ray.storage_path)))
+    from raytopo.job_paths import outside_job_copy
+
+    storage = outside_job_copy(run.ray.storage_path, "ray.storage_path")
+    return replace(run, ray=replace(run.ray, storage_path=storage_root(storage)))
 
 
 def checkpoint_to_resume(run: RunConfig, resume: bool) -> Path | None:

@@ -21,7 +21,7 @@ import yaml
 
 from raytopo.errors import ConfigError
 from raytopo.train.config import RunConfig
-from raytopo.tune.space import TuneSpace, reported_metrics, scheduler_metric
+from raytopo.tune.space import TuneSpace, reported_metrics, scheduler_metric, trial_data_configs
 from raytopo.tune.trial import EVALUATED, run_trial
 
 BEST_CONFIG_NAME = "best_config.yaml"
@@ -47,7 +47,10 @@ class SweepOutcome:
 
 
 def experiment_dir(space: TuneSpace) -> Path:
-    return Path(space.storage_path).expanduser().resolve() / space.name
+    """``<storage_path>/<name>``, absolute; inside a Ray job, where it outlives the job (raytopo/job_paths.py)."""
+    from raytopo.job_paths import outside_job_copy
+
+    return Path(outside_job_copy(space.storage_path, "storage_path")).expanduser().resolve() / space.name
 
 
 def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False) -> SweepOutcome:
@@ -59,7 +62,8 @@ def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False
     if not resume and folder.exists():
         raise ConfigError(f"{folder}: a sweep named {space.name!r} is already there; pass --resume to continue "
                           f"it, or choose another --storage or name")
-    check_data_source(base_run(space).data)  # bad data fails here, before Ray and before every trial
+    for data in trial_data_configs(space):  # bad data fails here, before Ray, not as failed trials
+        check_data_source(data)
     started_here = ensure_ray(address)
     check_trial_fits(space, strict=started_here)
     tuner = restore_tuner(space, folder) if resume else build_tuner(space)

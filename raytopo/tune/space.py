@@ -293,6 +293,17 @@ def validate_space(space: TuneSpace) -> None:
 MAX_CHECKED_COMBINATIONS = 1024
 
 
+def trial_data_configs(space: TuneSpace) -> list:
+    """The distinct data sections the trials can get (each choice/grid combination, ranges at their low
+    bound): what the driver checks before any trial starts (an image too small for ``max_count``, say)."""
+    distinct = []
+    for combination in _combinations(space):
+        data = space.run_config(combination).data
+        if data not in distinct:
+            distinct.append(data)
+    return distinct
+
+
 def _finite(space: TuneSpace) -> list[str]:
     return [key for key, dist in space.params.items() if dist.kind in ("choice", "grid")]
 

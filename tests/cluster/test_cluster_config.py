@@ -116,3 +116,12 @@ def test_every_node_mounts_shared_storage_and_exports_the_token_mode(prepared: d
 
 def test_the_git_history_is_not_synced(prepared: dict) -> None:
     assert {"**/.git", "**/.git/**"} <= set(prepared["rsync_exclude"])
+
+
+def test_job_drivers_on_the_head_put_relative_outputs_on_the_shared_mount(prepared: dict) -> None:
+    """Job drivers inherit the head's `ray start` environment: RAYTOPO_JOB_ROOT must name the shared mount."""
+    from raytopo.job_paths import JOB_ROOT_ENV
+
+    start = " ".join(prepared["head_start_ray_commands"])
+    assert f"{JOB_ROOT_ENV}=/mnt/shared" in start
+    assert all("/mnt/shared" in text for text in _all_setup_commands(prepared).values())

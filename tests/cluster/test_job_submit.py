@@ -8,6 +8,7 @@ token it finds), and a client with a wrong token is refused.
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -42,10 +43,29 @@ def test_job_script_forwards_arguments_and_exit_status(tmp_path: Path) -> None:
     assert "train.steps: expected >= 1, got 0" in result.stderr
 
 
+def _run_job(client, entrypoint: str, workdir: Path, head) -> str:
+    """Submit one job, wait for it, and return its logs (AssertionError with the logs unless it succeeded)."""
+    from ray.job_submission import JobStatus
+
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(workdir)})
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    status = wait_for(lambda: (s := client.get_job_status(job_id)) in terminal and s, timeout=480,
+                      what=f"job {job_id} to finish", interval=2)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, f"{entrypoint}: {status}\n{logs[-4000:]}\n{head.logs('dashboard.err')[-2000:]}"
+    return logs
+
+
 @pytest.mark.slow
-def test_submit_training_job_to_a_local_head(tmp_path: Path) -> None:
+def test_train_sample_evaluate_as_three_jobs_with_relative_paths(tmp_path: Path) -> None:
+    """The README's job flow: train, then sample its checkpoint, then evaluate the samples, each its own job.
+
+    Every path is relative, as in the README; the head sets RAYTOPO_JOB_ROOT (cluster.yaml sets /mnt/shared),
+    so outputs land there and outlive each job. The uploaded directory changes between the jobs (a new file),
+    so each job runs in a different temporary copy: a relative ``runs/`` inside the copy would be lost.
+    """
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
     from raytopo.train.checkpoint import load_checkpoint
 
@@ -53,28 +73,33 @@ def test_submit_training_job_to_a_local_head(tmp_path: Path) -> None:
     token_file = tmp_path / "auth_token"
     token_file.write_text(token)
     workdir = copy_sources(tmp_path / "upload")
-    write_yaml(workdir / "tiny.yaml", tiny_run(Path("unused"), name="job"))
-    storage = tmp_path / "storage"
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_AUTH_TOKEN": ""}
+    write_yaml(workdir / "tiny.yaml", tiny_run(Path("runs"), name="job"))
+    shared = tmp_path / "shared"
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_AUTH_TOKEN": "",
+           "RAYTOPO_JOB_ROOT": str(shared)}
 
     with ray_head(num_cpus=2, env=env) as head:
         with pytest.raises(AuthenticationError, match="Invalid authentication token"):
             JobSubmissionClient(head.dashboard_url, headers={"Authorization": "Bearer not-the-token"})
-
         client = JobSubmissionClient(head.dashboard_url, headers={"Authorization": f"Bearer {token}"})
-        job_id = client.submit_job(
-            entrypoint=f"python jobs/train.py tiny.yaml --set ray.storage_path={storage}",
-            runtime_env={"working_dir": str(workdir)},
-        )
-        terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-        status = wait_for(lambda: (s := client.get_job_status(job_id)) in terminal and s, timeout=480,
-                          what=f"job {job_id} to finish", interval=2)
-        logs = client.get_job_logs(job_id)
-        assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-4000:]}\n{head.logs('dashboard.err')[-2000:]}"
 
-    banner = next(line for line in logs.splitlines() if line.startswith("[raytopo job] train: raytopo from "))
+        train_logs = _run_job(client, "python jobs/train.py tiny.yaml", workdir, head)
+        checkpoint = Path(next(line for line in train_logs.splitlines() if line.startswith("checkpoint: "))
+                          .removeprefix("checkpoint: "))
+        (workdir / "notes.txt").write_text("a change between jobs: the next upload hashes differently\n")
+        relative_checkpoint = checkpoint.relative_to(shared)
+        sample_logs = _run_job(client, f"python jobs/sample.py {relative_checkpoint} --counts 1,2 --per-count 2 "
+                                       f"--steps 4 --out samples/job", workdir, head)
+        (workdir / "notes.txt").write_text("and another one\n")
+        evaluate_logs = _run_job(client, "python jobs/evaluate.py samples/job --out samples/job_metrics.json",
+                                 workdir, head)
+
+    banner = next(line for line in train_logs.splitlines() if line.startswith("[raytopo job] train: raytopo from "))
     assert str(REPO) not in banner, banner  # the uploaded copy ran, not the checkout raytopo is installed from
-    assert "trained tdn for 4 steps" in logs
-    checkpoints = sorted(storage.glob("job/checkpoint_*/config.json"))
-    assert checkpoints, f"no checkpoint under {storage}: {sorted(p.name for p in storage.rglob('*'))[:20]}"
-    assert load_checkpoint(checkpoints[-1].parent, with_optimizer=False).step == 4
+    assert "trained tdn for 4 steps" in train_logs
+    assert checkpoint.parent == shared / "runs" / "job", checkpoint
+    assert load_checkpoint(checkpoint, with_optimizer=False).step == 4
+    assert "wrote 4 samples" in sample_logs
+    assert sorted(p.name for p in (shared / "samples" / "job").glob("*.png"))[:1], sample_logs
+    metrics = json.loads((shared / "samples" / "job_metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["folder"] == str(shared / "samples" / "job"), (metrics, evaluate_logs)

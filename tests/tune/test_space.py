@@ -208,3 +208,19 @@ def test_cli_reports_a_bad_space_in_one_line_before_ray_starts(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("raytopo tune: error: metric: 'dim0_accuracy' is never reported") and "\n" not in err
     assert not ray.is_initialized() and not (tmp_path / "runs").exists()
+
+
+def test_a_searched_data_value_that_cannot_work_fails_before_ray_starts(tmp_path, capsys):
+    """The base is feasible; one grid value of data.max_count cannot fit in the image: found on the driver."""
+    import ray
+
+    from raytopo.cli import main
+
+    data = tiny_space(tmp_path, params={"data.max_count": {"grid": [2, 60]}})
+    path = tmp_path / "too_many.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["tune", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("raytopo tune: error: data (source shapes, image_size 16): max_count: cannot place 60")
+    assert "\n" not in err
+    assert not ray.is_initialized() and not (tmp_path / "tune").exists()
