@@ -51,12 +51,13 @@ limits OMP/MKL/OpenBLAS/torch threads to its CPU share.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Union
 
 import numpy as np
@@ -432,7 +433,7 @@ class PersistencePool:
             raise ConfigError(f"config: expected a PoolConfig, got {type(config).__name__}")
         self.config = config
         self._fn = cubical_persistence if fn is None else _checked_fn(fn)
-        self._fn_kwargs = dict(fn_kwargs)
+        self._fn_kwargs = _checked_kwargs(self._fn, fn_kwargs)
         self._actors: list[Any] = []
         self.closed = False
         if not self.in_process:
@@ -489,8 +490,9 @@ class PersistencePool:
 
     def _call_fn(self, fn: Callable | None, fn_kwargs: dict) -> tuple[Callable, dict]:
         if fn is None:
-            return self._fn, {**self._fn_kwargs, **fn_kwargs}
-        return _checked_fn(fn), dict(fn_kwargs)
+            return self._fn, {**self._fn_kwargs, **_checked_kwargs(self._fn, fn_kwargs)}
+        fn = _checked_fn(fn)
+        return fn, _checked_kwargs(fn, fn_kwargs)
 
     def _start_actors(self) -> None:
         """Create the missing actors (asynchronously: creation returns before the processes start)."""
@@ -522,6 +524,26 @@ def _checked_fn(fn: Any) -> Callable:
     if not callable(fn):
         raise InputError(f"fn: expected a callable of one batch item, got {type(fn).__name__}")
     return fn
+
+
+def _checked_kwargs(fn: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` when ``fn`` accepts every one of them; a ConfigError at once otherwise (not at the first call,
+    on an actor). A misplaced PoolConfig field (``PersistencePool(num_actors=2)``) is named as such."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return dict(kwargs)
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return dict(kwargs)
+    keywords = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(kwargs) - keywords)
+    if unknown:
+        name = unknown[0]
+        if name in {f.name for f in fields(PoolConfig)}:
+            raise ConfigError(f"{name}: a PoolConfig field, not a keyword of {_name(fn)}; "
+                              f"use PersistencePool(PoolConfig({name}=...))")
+        raise ConfigError(f"{name}: not a keyword argument of {_name(fn)} (it takes {', '.join(sorted(keywords))})")
+    return dict(kwargs)
 
 
 def _run_in_process(fn: Callable, arrays: tuple[np.ndarray, ...], kwargs: dict) -> PoolFuture:

@@ -131,6 +131,18 @@ def test_without_ray_runs_in_process_and_equals_a_direct_loop() -> None:
     assert pool.map(images, fn=_pid) == [os.getpid()] * 5
 
 
+def test_constructor_keywords_the_function_does_not_take_fail_at_once() -> None:
+    """A PoolConfig field passed as a keyword (a common slip) is named as such, before any actor or call."""
+    with pytest.raises(ConfigError, match=r"^num_actors: a PoolConfig field, not a keyword of cubical_persistence"):
+        PersistencePool(num_actors=2)
+    with pytest.raises(ConfigError, match=r"^max_dim: not a keyword argument of cubical_persistence \(it takes"):
+        PersistencePool(max_dim=0)
+    pool = PersistencePool(maxdim=0)
+    with pytest.raises(ConfigError, match=r"^bad: not a keyword argument of cubical_persistence"):
+        pool.map(_images(2), bad=1)
+    assert PersistencePool(fn=lambda item, **options: options).map(_rows(1), anything=1) == [{"anything": 1}]
+
+
 def test_without_ray_fn_errors_come_from_result_with_the_item_index() -> None:
     pool = PersistencePool()
     future = pool.submit(_rows(4), fn=_fail_on, bad=2.0)
