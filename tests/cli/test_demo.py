@@ -8,7 +8,6 @@ roughly the requested counts (a few samples here; the demo and bench/reproductio
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

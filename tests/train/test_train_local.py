@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 import raytopo.train.loop as loop
