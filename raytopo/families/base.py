@@ -8,9 +8,20 @@ commands, Tune and the demo talk to it only through the hooks of :class:`Family`
 * ``loss_weights(run) -> {term: weight}``: every term ``losses`` returns, weight 0 for terms only logged;
   a term missing here is an error (a typo would otherwise silently train with weight 0);
 * ``needs_pool(run)``: whether ``losses`` needs the persistence actors (``ctx.pool``);
-* ``build(run) -> nn.Module``;
-* ``parameter_groups(model, run) -> [ParamGroup]``: what the optimizer trains, in groups with their own lr
-  scale and gradient clipping (`single_group` for most families; frozen parameters are left out);
+* ``stages(run) -> [Stage]``: the ordered phases of training, whose steps add up to ``train.steps``
+  (`FamilyDefaults`: one stage, ``train``);
+* ``build(run, structure=None) -> nn.Module``; ``structure`` is what ``structure(model)`` returned for a model
+  whose shape changed while it trained (a grown tree), read back from a checkpoint; ``{}`` / None otherwise;
+* ``structure(model) -> dict``: the JSON-able shape of a model, saved in every checkpoint so that ``build``
+  rebuilds it exactly and the weights load strictly (`FamilyDefaults`: ``{}``, the run config suffices);
+* ``enter_stage(model, run, stage, batches) -> nn.Module``: called once, at the first step of every stage after
+  the first, before that stage's optimizer is made; may change the model's shape or weights (graft, grow,
+  copy), drawing batches from ``batches`` (a stream of its own, seeded by the step) if it needs data. It runs
+  on every worker and must decide the same way on each (`FamilyDefaults`: the model unchanged);
+* ``parameter_groups(model, run, stage) -> [ParamGroup]``: what the optimizer trains in ``stage``, in groups
+  with their own lr scale and gradient clipping (`single_group` for most families). Every parameter outside
+  the groups is **frozen** for that stage: the trainer sets ``requires_grad=False`` (so DDP neither reduces
+  nor waits for it), keeps it out of the optimizer and the EMA, and saves it once per checkpoint;
 * ``losses(model, batch, ctx) -> dict[str, Tensor | Pending]``: *per-sample* loss terms ``[B]``. The trainer
   multiplies them by ``loss_weights``, reduces, logs each term and backpropagates. A term may be `Pending`:
   work still running elsewhere (for TDN, persistence diagrams on Ray actors), resolved as late as possible so
@@ -76,6 +87,52 @@ def sample_in_batches(family: "Family", model: torch.nn.Module, run: Any, n: int
     return torch.cat(chunks)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One ordered phase of training: ``steps`` optimisation steps under one optimisation policy.
+
+    The trainer counts steps globally; a stage starts where the previous one ended. A checkpoint records the
+    step, so a run resumed inside a stage continues it, and one resumed at a boundary enters the next stage
+    exactly as an uninterrupted run would.
+    """
+
+    name: str
+    steps: int
+
+
+def stage_bounds(stages: list[Stage]) -> list[tuple[int, int]]:
+    """``(first step, end step)`` of every stage, end exclusive."""
+    bounds, start = [], 0
+    for stage in stages:
+        bounds.append((start, start + stage.steps))
+        start += stage.steps
+    return bounds
+
+
+def stage_index_at(stages: list[Stage], step: int) -> int:
+    """The index of the stage that runs optimisation step ``step`` (0-based); the last one past the end."""
+    for index, (_, end) in enumerate(stage_bounds(stages)):
+        if step < end:
+            return index
+    return len(stages) - 1
+
+
+class FamilyDefaults:
+    """The hooks most families share: one stage, a model whose shape the run config fixes, one parameter group."""
+
+    def stages(self, run: Any) -> list[Stage]:
+        return [Stage("train", run.train.steps)]
+
+    def structure(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {}
+
+    def enter_stage(self, model: torch.nn.Module, run: Any, stage: Stage, batches: Any) -> torch.nn.Module:
+        return model
+
+    def parameter_groups(self, model: torch.nn.Module, run: Any, stage: Stage) -> list["ParamGroup"]:
+        return single_group(model)
+
+
 @dataclass
 class ParamGroup:
     """Parameters optimised together: their own learning-rate scale and their own gradient-norm clipping
@@ -87,7 +144,8 @@ class ParamGroup:
 
 
 def single_group(model: torch.nn.Module) -> list[ParamGroup]:
-    """The default optimisation policy: every trainable parameter in one group."""
+    """The default optimisation policy: every parameter the model leaves trainable, in one group (a module the
+    model keeps frozen itself, such as a target network it updates by hand, stays out)."""
     return [ParamGroup("all", [p for p in model.parameters() if p.requires_grad])]
 
 
@@ -116,9 +174,15 @@ class Family(Protocol):
 
     def needs_pool(self, run: Any) -> bool: ...
 
-    def build(self, run: Any) -> torch.nn.Module: ...
+    def stages(self, run: Any) -> list[Stage]: ...
 
-    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]: ...
+    def build(self, run: Any, structure: dict[str, Any] | None = None) -> torch.nn.Module: ...
+
+    def structure(self, model: torch.nn.Module) -> dict[str, Any]: ...
+
+    def enter_stage(self, model: torch.nn.Module, run: Any, stage: Stage, batches: Any) -> torch.nn.Module: ...
+
+    def parameter_groups(self, model: torch.nn.Module, run: Any, stage: Stage) -> list[ParamGroup]: ...
 
     def losses(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor], ctx: StepContext) -> dict: ...
 

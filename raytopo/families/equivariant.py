@@ -58,7 +58,7 @@ from raytopo.diffusion.formulations import (
 )
 from raytopo.diffusion.gaussian import mean_flat
 from raytopo.errors import ConfigError
-from raytopo.families.base import ParamGroup, StepContext, single_group
+from raytopo.families.base import FamilyDefaults, StepContext
 from raytopo.models.adm.unet import UNetConfig
 from raytopo.models.equivariant import GroupAveraged, act, build_equivariant_unet, get_group, inverse
 from raytopo.models.ema import make_ema, update_ema
@@ -174,7 +174,7 @@ def _network(model: nn.Module) -> nn.Module:
     return model.net if isinstance(model, EquivariantDiffusionModel) else model
 
 
-class EquivariantFamily:
+class EquivariantFamily(FamilyDefaults):
     """Registered as ``equivariant``."""
 
     name = "equivariant"
@@ -211,9 +211,6 @@ class EquivariantFamily:
     def needs_pool(self, run: Any) -> bool:
         return False
 
-    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]:
-        return single_group(model)
-
     def sampling_conditions(self, run: Any) -> str:
         """``classes`` for a class-conditional model (``model.num_classes > 0``), else ``none``."""
         return "classes" if self.parse(run).num_classes else "none"
@@ -225,7 +222,7 @@ class EquivariantFamily:
 
     # --- model ---------------------------------------------------------------------------------
 
-    def build(self, run: Any) -> EquivariantDiffusionModel:
+    def build(self, run: Any, structure: dict[str, Any] | None = None) -> EquivariantDiffusionModel:
         parsed = self.parse(run)
         net = build_equivariant_unet(parsed.unet, parsed.group, parsed.mechanism)
         return EquivariantDiffusionModel(net, with_target=parsed.regulariser.weight > 0)

@@ -30,7 +30,7 @@ from raytopo.config import from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from raytopo.diffusion.respace import build_diffusion
 from raytopo.errors import ConfigError
-from raytopo.families.base import ParamGroup, Pending, StepContext, single_group
+from raytopo.families.base import FamilyDefaults, Pending, StepContext
 from raytopo.models.adm.unet import UNetConfig, UNetModel
 from raytopo.topology.losses import TDNLossConfig, critical_targets, gather_loss
 
@@ -100,7 +100,7 @@ class ParsedTDN:
     counts_per_image: int
 
 
-class TDNFamily:
+class TDNFamily(FamilyDefaults):
     """``adm`` / ``adm_t`` / ``tdn`` (registered three times with different switches)."""
 
 
@@ -152,9 +152,6 @@ class TDNFamily:
     def needs_pool(self, run: Any) -> bool:
         return self.topology and self.parse(run).topo.weight > 0
 
-    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]:
-        return single_group(model)
-
     def sampling_conditions(self, run: Any) -> str:
         """``counts`` for adm_t and tdn (target topological counts), ``none`` for the unconditional adm."""
         return "counts" if self.conditioned else "none"
@@ -165,7 +162,7 @@ class TDNFamily:
 
     # --- model ---------------------------------------------------------------------------------
 
-    def build(self, run: Any) -> UNetModel:
+    def build(self, run: Any, structure: dict[str, Any] | None = None) -> UNetModel:
         return UNetModel(self.parse(run).unet)
 
     def diffusion(self, run: Any, respacing: str = "") -> GaussianDiffusion:

@@ -57,7 +57,7 @@ import torch
 
 from raytopo.config import from_dict
 from raytopo.errors import ConfigError, InputError
-from raytopo.families.base import ParamGroup, Pending, StepContext
+from raytopo.families.base import FamilyDefaults, ParamGroup, Pending, Stage, StepContext
 from raytopo.models.topovae.vae import VAEConfig, VAEPair, kl_divergence, reconstruction_loss
 from raytopo.topology.distances import bottleneck_matching
 from raytopo.topology.regularisers import LOSS_NAMES, TopologicalRegulariser, TopoRegulariserConfig, flatten_cloud
@@ -127,7 +127,7 @@ def weights_tuple(weights: Any) -> Any:
     return tuple(weights.get(name, 0.0) for name in LOSS_NAMES)
 
 
-class TopoVAEFamily:
+class TopoVAEFamily(FamilyDefaults):
     """The ``topovae`` family (see the module docstring for the loss, clouds and diagrams)."""
 
     name = "topovae"
@@ -164,7 +164,7 @@ class TopoVAEFamily:
     def needs_pool(self, run: Any) -> bool:
         return self.parse(run).topo_active
 
-    def parameter_groups(self, model: torch.nn.Module, run: Any) -> list[ParamGroup]:
+    def parameter_groups(self, model: torch.nn.Module, run: Any, stage: Stage) -> list[ParamGroup]:
         """One group per model (VAE, TopoVAE): each is clipped on its own norm, so the pair stays independent."""
         return [ParamGroup(name, list(network.parameters())) for name, network in model.models().items()]
 
@@ -175,7 +175,7 @@ class TopoVAEFamily:
     def default_conditions(self, run: Any, per_count: int) -> dict[str, torch.Tensor]:
         return {}
 
-    def build(self, run: Any) -> VAEPair:
+    def build(self, run: Any, structure: dict[str, Any] | None = None) -> VAEPair:
         parsed = self.parse(run)
         return VAEPair(parsed.network, compare=parsed.compare)
 

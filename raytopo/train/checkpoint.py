@@ -3,9 +3,12 @@
 A checkpoint is a directory holding::
 
     model.pt       model state dict
-    ema.pt         EMA state dict (the weights to sample from)
+    ema.pt         the EMA entries that differ from model.pt (the weights to sample from are model.pt
+                   overlaid with these): frozen modules, identical in both, are saved once
     optimizer.pt   optimizer state dict
-    state.json     {"step": completed optimisation steps, "family": ...}
+    state.json     {"step": completed optimisation steps, "family": ...,
+                    "stage": index of the stage it was saved in, "structure": the model's shape}
+                   (``stage`` and ``structure`` only for staged families or models whose shape changes)
     config.json    the full run config, enough to rebuild the model and resume without repeating flags
 
 A *weights-only* checkpoint (what `export_weights` writes, e.g. the models shipped in ``raytopo.pretrained``) has
@@ -22,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +44,27 @@ class CheckpointData:
     step: int
     family: str
     config: dict[str, Any]
+    stage: int = 0
+    structure: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, ema: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None, step: int, config: dict[str, Any]) -> Path:
+                    optimizer: torch.optim.Optimizer | None, step: int, config: dict[str, Any],
+                    stage: int = 0, structure: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint directory atomically (temporary sibling + rename) and return its path."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    state: dict[str, Any] = {"step": int(step), "family": config.get("family")}
+    if stage or structure:
+        state.update(stage=int(stage), structure=structure or {})
     try:
-        torch.save(_plain_state(model), staging / "model.pt")
-        torch.save(_plain_state(ema), staging / "ema.pt")
+        weights = _plain_state(model)
+        torch.save(weights, staging / "model.pt")
+        torch.save(_differing(_plain_state(ema), weights), staging / "ema.pt")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        (staging / "state.json").write_text(json.dumps({"step": int(step), "family": config.get("family")}))
+        (staging / "state.json").write_text(json.dumps(state))
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -84,13 +94,16 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     if with_optimizer and (path / "optimizer.pt").is_file():
         optimizer = _load(path / "optimizer.pt")
     ema = _load(path / "ema.pt")
+    model = _load(path / "model.pt") if (path / "model.pt").is_file() else ema
     return CheckpointData(
-        model=_load(path / "model.pt") if (path / "model.pt").is_file() else ema,
-        ema=ema,
+        model=model,
+        ema={**model, **ema},
         optimizer=optimizer,
         step=int(state["step"]),
         family=str(state.get("family")),
         config=json.loads((path / "config.json").read_text()),
+        stage=int(state.get("stage", 0)),
+        structure=dict(state.get("structure", {})),
     )
 
 
@@ -115,7 +128,10 @@ def export_weights(checkpoint: str | Path, out: str | Path, dtype: torch.dtype =
     try:
         weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in data.ema.items()}
         torch.save(weights, staging / "ema.pt")
-        (staging / "state.json").write_text(json.dumps({"step": data.step, "family": data.family}))
+        state = {"step": data.step, "family": data.family}
+        if data.structure:
+            state["structure"] = data.structure
+        (staging / "state.json").write_text(json.dumps(state))
         (staging / "config.json").write_text(json.dumps(data.config, indent=2))
         staging.rename(target)
     except BaseException:
@@ -134,6 +150,11 @@ def _load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt file, or a pickle that is not plain tensors
         raise InputError(f"{path}: unreadable checkpoint file ({error.__class__.__name__})") from None
+
+
+def _differing(ema: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The EMA entries that are not exactly the model's (frozen parameters and copied buffers are left out)."""
+    return {key: value for key, value in ema.items() if key not in model or not torch.equal(value, model[key])}
 
 
 def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -162,7 +162,19 @@ def parse_run_config(data: dict[str, Any]) -> RunConfig:
     run = from_dict(RunConfig, data)
     family = get_family(run.family)
     family.parse(run)  # validates the model section; raises ConfigError naming the field
+    _check_stages(family.stages(run), run)
     return run
+
+
+def _check_stages(stages: list, run: RunConfig) -> None:
+    """The family's stages are non-empty, each at least one step, and add up to ``train.steps``."""
+    shown = " + ".join(f"{stage.name} {stage.steps}" for stage in stages)
+    if not stages or any(stage.steps < 1 for stage in stages):
+        raise ConfigError(f"model: family {run.family!r} needs at least one step in every stage, got {shown or 'none'}")
+    total = sum(stage.steps for stage in stages)
+    if total != run.train.steps:
+        raise ConfigError(f"train.steps: expected {total}, the sum of family {run.family!r}'s stages ({shown}), "
+                          f"got {run.train.steps}")
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:

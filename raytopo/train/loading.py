@@ -19,6 +19,6 @@ def load_model_for_sampling(checkpoint: Path):
     data = load_checkpoint(checkpoint, with_optimizer=False)
     run = parse_run_config(data.config)
     family = get_family(run.family)
-    model = family.build(run)
+    model = family.build(run, data.structure or None)
     model.load_state_dict(data.ema)
     return family, run, model.eval()

@@ -1,9 +1,12 @@
 """The Ray Train worker loop (``train_loop_per_worker``): the same code for every family.
 
-Each worker builds the family's model, restores the latest reported checkpoint if Ray restarted it (or the
-``resume_from`` directory), runs `train_step` until ``train.steps``, and calls ``ray.train.report`` on every
-rank at the same cadence; only rank 0 writes checkpoint directories. Steps are counted as completed
-optimisation steps, so a resumed run continues at exactly the next step.
+Each worker builds the family's model (from the checkpoint's structure when resuming), restores the latest
+reported checkpoint if Ray restarted it (or the ``resume_from`` directory), runs `train_step` until
+``train.steps``, and calls ``ray.train.report`` on every rank at the same cadence; only rank 0 writes
+checkpoint directories. Steps are counted as completed optimisation steps, so a resumed run continues at
+exactly the next step. A family's stages (`Family.stages`) split the steps; at the first step of each later
+stage `enter_stage` runs the family's transition and makes that stage's optimizer and EMA
+(docs/architecture.md, section 3).
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raytopo.families.base import StepContext
+from raytopo.families.base import Stage, StepContext, stage_index_at
 from raytopo.families.sampling import SamplerSettings
 from raytopo.models.ema import make_ema, update_ema
 from raytopo.registry import get_family
@@ -40,15 +44,19 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     family = get_family(run.family)
+    stages = family.stages(run)
 
     limit_cpu_threads(run)
     torch.manual_seed(run.train.seed)
-    model = family.build(run).to(device)
+    checkpoint = _checkpoint_to_resume(plain_config)
+    start = checkpoint.step if checkpoint is not None else 0
+    model = family.build(run, checkpoint.structure if checkpoint is not None else None).to(device)
     if run.init_from:
         initialise_from(model, run.init_from)
+    stage_index = stage_index_at(stages, start - 1) if start else 0  # the stage the checkpoint was saved in
+    optimizer = make_optimizer(family, model, run, stages[stage_index])
     ema = make_ema(model)
-    optimizer = make_optimizer(family, model, run)
-    start = restore(_checkpoint_to_resume(plain_config), model, ema, optimizer)
+    restore(checkpoint, model, ema, optimizer)
     model = ray.train.torch.prepare_model(model, parallel_strategy=None)
     broadcast_parameters(model)
 
@@ -63,6 +71,12 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
                        run.train.batch_size * world, enabled=rank == 0)
     try:
         for step in range(start, run.train.steps):
+            if stage_index_at(stages, step) != stage_index:
+                stage_index = stage_index_at(stages, step)
+                stage_batches = batch_iterator(run.data, run.train.batch_size, rank, world,
+                                               step_seed(run.train.seed, rank, step), step, device)
+                model, ema, optimizer = enter_stage(family, model, ema, run, stages[stage_index], stage_batches,
+                                                    step)
             ctx.step = step
             ctx.generator.manual_seed(step_seed(run.train.seed, rank, step))
             for group in optimizer.param_groups:
@@ -76,7 +90,8 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             if done % run.train.log_every == 0 or done % run.train.checkpoint_every == 0 or done == run.train.steps:
                 values = logger.scalars(done, metrics, run.train.lr_at(step))
                 checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
-                _report({**values, "step": done}, model, ema, optimizer, run, rank, checkpoint_due)
+                saved = SavedState(model, ema, optimizer, stage_index, family.structure(unwrap(model)))
+                _report({**values, "step": done}, saved, run, rank, checkpoint_due)
     finally:
         logger.close()
         if rank == 0:
@@ -85,10 +100,55 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             pool.close()
 
 
-def make_optimizer(family, model: torch.nn.Module, run: RunConfig) -> torch.optim.Optimizer:
-    """AdamW over the family's parameter groups (frozen parameters left out), each with its lr scale and name."""
+@dataclass
+class SavedState:
+    """What a checkpoint holds besides the step and config: the model (possibly DDP-wrapped), its EMA, the
+    optimizer, the stage it was saved in and the model's structure (`Family.structure`)."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    stage: int = 0
+    structure: dict[str, Any] = field(default_factory=dict)
+
+
+def enter_stage(family, model: torch.nn.Module, ema: torch.nn.Module, run: RunConfig, stage: Stage, batches,
+                step: int) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """Start ``stage`` at optimisation step ``step``: the family's transition, then the stage's optimizer and EMA.
+
+    The global RNG is seeded from the step first, and ``batches`` is a stream of its own (not the training
+    iterator), so layers and decisions of the transition are the same whether the run got here uninterrupted
+    or resumed from the checkpoint at the boundary, and the training batches after it do not shift. DDP is re-applied to
+    the new model (its set of trained parameters may have changed); the EMA keeps the averages of parameters
+    that keep their name and shape.
+    """
+    import ray.train.torch
+
+    torch.manual_seed(step_seed(run.train.seed, 0, step))
+    inner = family.enter_stage(unwrap(model), run, stage, batches)
+    optimizer = make_optimizer(family, inner, run, stage)
+    ema = make_ema(inner, previous=ema)
+    model = ray.train.torch.prepare_model(inner, parallel_strategy=None)
+    broadcast_parameters(model)
+    return model, ema, optimizer
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (the model itself otherwise)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+def make_optimizer(family, model: torch.nn.Module, run: RunConfig, stage: Stage | None = None) -> torch.optim.Optimizer:
+    """AdamW over the family's parameter groups for ``stage`` (default: the first), each with its lr scale and
+    name. Every other parameter is frozen for the stage: ``requires_grad`` is set to match the groups."""
+    stage = stage or family.stages(run)[0]
+    policy = family.parameter_groups(model, run, stage)
+    trained = {id(p) for group in policy for p in group.parameters}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in trained)
     groups = [{"params": group.parameters, "name": group.name, "lr_scale": group.lr_scale,
-               "lr": run.train.lr * group.lr_scale} for group in family.parameter_groups(model, run)]
+               "lr": run.train.lr * group.lr_scale} for group in policy]
     return torch.optim.AdamW(groups, lr=run.train.lr, weight_decay=run.train.weight_decay)
 
 
@@ -150,7 +210,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def restore(checkpoint: CheckpointData | None, model: torch.nn.Module, ema: torch.nn.Module,
             optimizer: torch.optim.Optimizer) -> int:
-    """Load a full training state; returns the number of completed steps (0 without a checkpoint)."""
+    """Load a full training state (strictly: the model was built from the checkpoint's structure); returns the
+    number of completed steps (0 without a checkpoint)."""
     if checkpoint is None:
         return 0
     model.load_state_dict(checkpoint.model)
@@ -172,7 +233,7 @@ def _checkpoint_to_resume(plain_config: dict[str, Any]) -> CheckpointData | None
     return load_checkpoint(resume_from) if resume_from else None
 
 
-def _report(metrics: dict[str, float], model, ema, optimizer, run: RunConfig, rank: int, with_checkpoint: bool) -> None:
+def _report(metrics: dict[str, float], saved: SavedState, run: RunConfig, rank: int, with_checkpoint: bool) -> None:
     """Report on every rank; rank 0 attaches a checkpoint when one is due.
 
     Ray Train copies a reported checkpoint into its storage, so rank 0 writes it to a temporary directory.
@@ -185,16 +246,20 @@ def _report(metrics: dict[str, float], model, ema, optimizer, run: RunConfig, ra
         ray.train.report(metrics)
         return
     step = int(metrics["step"])
+
+    def save(directory: Path) -> Path:
+        return save_checkpoint(directory, saved.model, saved.ema, saved.optimizer, step, run.to_plain(),
+                               stage=saved.stage, structure=saved.structure)
+
     if run.ray.num_workers == 0:
-        directory = save_checkpoint(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}", model, ema, optimizer,
-                                    step, run.to_plain())
+        directory = save(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}")
         _prune_checkpoints(directory.parent, run.ray.num_to_keep)
         publish(directory, run.ray.storage_path, run.ray.name, f"checkpoints/{directory.name}")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
         return
     staging = Path(tempfile.mkdtemp(prefix="raytopo-ckpt-"))
     try:
-        directory = save_checkpoint(staging / "checkpoint", model, ema, optimizer, step, run.to_plain())
+        directory = save(staging / "checkpoint")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

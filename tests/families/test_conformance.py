@@ -7,6 +7,7 @@ so a new family is covered by registering it. No Ray: the step runs in-process (
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -76,10 +77,18 @@ def test_family_conforms_to_the_contract(name, tmp_path):
     assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
     update_ema(ema, model, 0.5)
 
-    # Checkpoint: written, read back, loaded strictly into a model built from the saved config.
-    directory = save_checkpoint(tmp_path / "checkpoint", model, ema, optimizer, 1, run.to_plain())
+    # Stages add up to the run's steps; the structure is JSON and goes into the checkpoint.
+    stages = family.stages(run)
+    assert stages and sum(stage.steps for stage in stages) == run.train.steps
+    structure = family.structure(model)
+    assert json.loads(json.dumps(structure)) == structure
+
+    # Checkpoint: written, read back, loaded strictly into a model built from the saved config and structure.
+    directory = save_checkpoint(tmp_path / "checkpoint", model, ema, optimizer, 1, run.to_plain(),
+                                structure=structure)
     saved = load_checkpoint(directory)
-    rebuilt = family.build(parse_run_config(saved.config))
+    assert saved.structure == structure
+    rebuilt = family.build(parse_run_config(saved.config), saved.structure or None)
     rebuilt.load_state_dict(saved.ema)   # strict
     rebuilt.eval()
 
