@@ -108,7 +108,8 @@ def _data_shapes(args: argparse.Namespace) -> int:
 def _data_pack(args: argparse.Namespace) -> int:
     from raytopo.commands.data import PackArgs, run_pack
 
-    return run_pack(PackArgs(args.folder, args.out, args.convention, args.rows_per_shard, args.overwrite))
+    return run_pack(PackArgs(args.folder, args.out, args.convention, args.rows_per_shard, args.overwrite,
+                             args.layout))
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -227,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     pack = data_commands.add_parser("pack", help="pack a labelled image folder into parquet shards for Ray Data")
     pack.add_argument("folder", type=Path)
     pack.add_argument("--out", type=Path, required=True)
-    pack.add_argument("--convention", choices=["count", "two_counts", "count_object"], default="count")
+    pack.add_argument("--convention", choices=["count", "two_counts", "count_object"], default="count",
+                      help="file-name labels of the names layout (default count)")
+    pack.add_argument("--layout", choices=["names", "class_folder", "image_mask"], default="names",
+                      help="labels from file names (default), FOLDER/<class>/*, or FOLDER/images + FOLDER/masks")
     pack.add_argument("--rows-per-shard", type=_at_least(1), default=1024)
     pack.add_argument("--overwrite", action="store_true", help="replace an existing pack (only its shards)")
     pack.set_defaults(run=_data_pack)

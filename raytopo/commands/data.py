@@ -25,6 +25,7 @@ class PackArgs:
     convention: str
     rows_per_shard: int
     overwrite: bool
+    layout: str = "names"
 
 
 def run_shapes(args: ShapesArgs) -> int:
@@ -41,6 +42,6 @@ def run_pack(args: PackArgs) -> int:
     from raytopo.data.parquet import pack_folder
 
     shards = pack_folder(args.folder, args.out, args.convention, rows_per_shard=args.rows_per_shard,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, layout=args.layout)
     print(f"wrote {len(shards)} parquet shard(s) to {args.out}")
     return 0

@@ -19,6 +19,8 @@ class DataConfig:
     * ``glyphs``: asymmetric glyphs whose distribution is invariant under ``group`` (equivariant diffusion);
     * ``garments``: FashionMNIST-like grey images in 10 classes (TopoVAE);
     * ``folder``: an image folder, labelled by file name (``convention``; ``none`` = unlabelled);
+    * ``class_folder``: ``path/<class>/*.png``, class labels from the sub-folders (sorted names);
+    * ``image_mask``: ``path/images`` + ``path/masks`` pairs, masks resized nearest-neighbour, in {-1, 1};
     * ``npy``: one ``.npy`` array of images ``[N,H,W]``, ``[N,C,H,W]`` or ``[N,H,W,C]`` (uint8 0..255 or float
       in [0, 1]), with optional integer class labels in ``labels_path``;
     * ``parquet``: shards written by ``raytopo data pack``, streamed by Ray Data;
@@ -45,7 +47,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not get_source(self.source).generated and not self.path:
             raise ConfigError(f"data.path: required for source {self.source!r} (a folder, .npy file or parquet directory)")
-        if self.labels_path and self.source != "npy":
+        if self.labels_path and get_source(self.source).classes != "with_labels_path":
             raise ConfigError(f"data.labels_path: only used with source 'npy', got source {self.source!r}")
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels: expected 1 or 3, got {self.channels}")
@@ -59,6 +61,16 @@ class DataConfig:
             raise ConfigError(f"data.max_count: expected <= data.count_limit ({self.count_limit}), got {self.max_count}")
         if self.num_images < 1:
             raise ConfigError(f"data.num_images: expected >= 1, got {self.num_images}")
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether batches carry integer class ``label`` s (what class-conditional families need)."""
+        classes = get_source(self.source).classes
+        if classes == "by_pack":  # a parquet pack of class folders names its classes in its metadata
+            from raytopo.data.parquet import read_pack_info
+
+            return bool(read_pack_info(self.path).class_names)
+        return classes == "always" or (classes == "with_labels_path" and bool(self.labels_path))
 
     @property
     def has_counts(self) -> bool:

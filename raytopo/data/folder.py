@@ -123,19 +123,34 @@ def _as_eight_bit(image: Image.Image, name: str) -> Image.Image:
     return image
 
 
-def preprocess_image(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
-    """Convert, BOX-halve, bicubic-resize, centre-crop and scale to [-1, 1]: float32 ``[C, S, S]``."""
+def preprocess_image(image: Image.Image, image_size: int, channels: int, nearest: bool = False) -> np.ndarray:
+    """Convert, BOX-halve, bicubic-resize, centre-crop and scale to [-1, 1]: float32 ``[C, S, S]``.
+
+    ``nearest`` resizes with nearest-neighbour only (no halving, no new values): what a mask needs, so that it
+    stays binary and lands on exactly the crop of its image.
+    """
     _check_image_args(image_size, channels)
     image = image.convert(_MODES[channels])
-    while min(image.size) >= 2 * image_size:
-        image = image.resize(tuple(side // 2 for side in image.size), resample=Image.Resampling.BOX)
-    scale = image_size / min(image.size)
-    image = image.resize(tuple(round(side * scale) for side in image.size), resample=Image.Resampling.BICUBIC)
+    if nearest:
+        image = image.resize(resized_size(image.size, image_size), resample=Image.Resampling.NEAREST)
+    else:
+        while min(image.size) >= 2 * image_size:
+            image = image.resize(tuple(side // 2 for side in image.size), resample=Image.Resampling.BOX)
+        image = image.resize(resized_size(image.size, image_size), resample=Image.Resampling.BICUBIC)
     pixels = np.asarray(image)
     top, left = (pixels.shape[0] - image_size) // 2, (pixels.shape[1] - image_size) // 2
     pixels = pixels[top : top + image_size, left : left + image_size]
     pixels = pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1)
     return pixels.astype(np.float32) / 127.5 - 1
+
+
+def resized_size(size: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """The (width, height) an image of ``size`` has before the centre crop: BOX-halved while the short side is
+    >= 2 * image_size, then scaled so the short side is ``image_size``."""
+    while min(size) >= 2 * image_size:
+        size = (size[0] // 2, size[1] // 2)
+    scale = image_size / min(size)
+    return (round(size[0] * scale), round(size[1] * scale))
 
 
 class ImageFolderDataset(Dataset):

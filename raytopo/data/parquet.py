@@ -1,17 +1,23 @@
 """Pack an image folder into parquet shards for Ray Data, and decode those rows for training.
 
-Shards are ``part-00000.parquet``, ``part-00001.parquet``, ... with one row per image:
+Three folder layouts can be packed (``layout``): file-name labels (``names``, with a ``convention``), class
+folders (``class_folder``: ``root/<class>/*``) and image + mask pairs (``image_mask``: ``root/images``,
+``root/masks``; `raytopo.data.layouts`). Shards are ``part-00000.parquet``, ``part-00001.parquet``, ... with one
+row per image; a column a layout does not fill is empty (null, or ``[]`` for counts):
 
 | column        | type           | content                                                            |
 |---------------|----------------|--------------------------------------------------------------------|
 | ``image``     | binary         | PNG bytes: copied if the file is a PNG, else re-encoded losslessly  |
-| ``counts``    | list<float32>  | the file-name counts (1, or 2 for ``two_counts``)                  |
+| ``counts``    | list<float32>  | the file-name counts (1, or 2 for ``two_counts``); ``[]`` without   |
 | ``object_name``| string, null  | object name (``count_object`` only)                                |
 | ``object``    | int64, null    | its index in the object index map (``count_object`` only)          |
+| ``label``     | int64, null    | class index, sorted class-folder names (``class_folder`` only)     |
+| ``mask``      | binary, null   | the paired mask as PNG bytes (``image_mask`` only)                 |
 | ``filename``  | string         | path relative to the packed folder (POSIX separators)              |
 
-The schema metadata holds ``raytopo.convention``, ``raytopo.object_index`` (JSON) and
-``raytopo.format_version``; :func:`read_pack_info` reads them back. Packing is all-or-nothing: every
+The schema metadata holds ``raytopo.convention``, ``raytopo.object_index`` (JSON), ``raytopo.class_names``
+(JSON) and ``raytopo.format_version``; :func:`read_pack_info` reads them back. Packs of format 1 (no
+``label``/``mask`` columns) still read and decode. Packing is all-or-nothing: every
 label is parsed and every image decoded before anything becomes visible, shards are written into a
 temporary sibling directory that is renamed into place, and an existing non-empty ``out_dir`` is only
 replaced with ``overwrite=True`` and only if it holds nothing but shards.
@@ -29,7 +35,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytopo.data.folder import FolderIndex, decode_image, open_image, scan_folder
+from raytopo.data.folder import decode_image, open_image, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
 from raytopo.progress import progress
@@ -46,7 +52,8 @@ from raytopo.progress import progress
 if TYPE_CHECKING:
     import ray.data
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+LAYOUTS = ("names", "class_folder", "image_mask")
 SHARD_GLOB = "part-*.parquet"
 _SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -54,12 +61,15 @@ _PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})
 _META_CONVENTION = b"raytopo.convention"
 _META_OBJECT_INDEX = b"raytopo.object_index"
 _META_VERSION = b"raytopo.format_version"
+_META_CLASS_NAMES = b"raytopo.class_names"
 SCHEMA = pa.schema(
     [
         ("image", pa.binary()),
         ("counts", pa.list_(pa.float32())),
         ("object_name", pa.string()),
         ("object", pa.int64()),
+        ("label", pa.int64()),
+        ("mask", pa.binary()),
         ("filename", pa.string()),
     ]
 )
@@ -73,6 +83,12 @@ class PackInfo:
     num_rows: int
     convention: LabelConvention
     object_index: dict[str, int]
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> frozenset[str]:
+        """The columns of the first shard."""
+        return frozenset(pq.read_schema(self.shards[0]).names)
 
 
 def pack_folder(
@@ -83,17 +99,19 @@ def pack_folder(
     overwrite: bool = False,
     recursive: bool = True,
     object_index: Mapping[str, int] | None = None,
+    layout: str = "names",
 ) -> list[Path]:
     """Pack the labelled images under ``root`` into parquet shards in ``out_dir``; return the shard paths.
 
     Args:
-        root: image folder (file-name labels, see :mod:`raytopo.data.labels`).
+        root: image folder (file-name labels, see :mod:`raytopo.data.labels`; or a ``layout`` below).
         out_dir: output directory; must be missing or empty unless ``overwrite``.
-        convention: file-name label convention.
+        convention: file-name label convention (``names`` layout; the others use ``none``).
         rows_per_shard: images per shard.
         overwrite: replace an existing ``out_dir`` that holds only ``part-*.parquet`` shards.
         recursive: include sub-folders of ``root``.
         object_index: fixed object name -> index map (default: sorted names found under ``root``).
+        layout: ``names`` (file-name labels), ``class_folder`` or ``image_mask`` (module docstring).
 
     Raises:
         ConfigError: ``rows_per_shard`` < 1.
@@ -101,13 +119,15 @@ def pack_folder(
     """
     if not isinstance(rows_per_shard, int) or isinstance(rows_per_shard, bool) or rows_per_shard < 1:
         raise ConfigError(f"rows_per_shard: expected an int >= 1, got {rows_per_shard!r}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(out_dir)
     _check_replaceable(out, overwrite)
-    index = scan_folder(root, convention, recursive, object_index)
+    rows, metadata = _layout_rows(Path(root), layout, convention, recursive, object_index)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        names = _write_shards(index, staging, rows_per_shard)
+        names = _write_shards(rows, metadata, Path(root), staging, rows_per_shard)
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -130,12 +150,14 @@ def read_pack_info(path: str | Path) -> PackInfo:
         num_rows=num_rows,
         convention=as_convention(metadata[_META_CONVENTION].decode()),
         object_index={str(k): int(v) for k, v in json.loads(metadata[_META_OBJECT_INDEX]).items()},
+        class_names=tuple(json.loads(metadata.get(_META_CLASS_NAMES, b"[]"))),
     )
 
 
 def decode_rows(batch: Mapping[str, Any] | pa.Table, image_size: int, channels: int = 1) -> dict[str, np.ndarray]:
-    """Decode a batch of packed rows: ``image`` float32 ``[N, C, S, S]`` in [-1, 1], ``counts`` float32 ``[N, k]``,
-    and ``object`` int64 ``[N]`` when the rows carry object indices.
+    """Decode a batch of packed rows: ``image`` float32 ``[N, C, S, S]`` in [-1, 1], and whichever labels the
+    rows carry: ``counts`` float32 ``[N, k]``, ``object`` int64 ``[N]``, ``label`` int64 ``[N]``, ``mask`` float32
+    ``[N, 1, S, S]`` in {-1, 1}.
 
     ``batch`` is a pyarrow Table or a dict of column arrays (Ray Data's ``"numpy"`` batch format). Images are
     preprocessed exactly as :class:`~raytopo.data.folder.ImageFolderDataset` does.
@@ -144,17 +166,24 @@ def decode_rows(batch: Mapping[str, Any] | pa.Table, image_size: int, channels: 
         InputError: a missing column, an undecodable image (named by ``filename``), ragged counts, or an
             ``object`` column with only some values missing.
     """
+    from raytopo.data.layouts import decode_mask
+
     columns = _columns(batch)
-    images, counts = columns["image"], columns["counts"]
+    images = columns["image"]
     names = columns.get("filename") or [f"row {i}" for i in range(len(images))]
     decoded = [decode_image(_as_bytes(data), image_size, channels, str(name)) for data, name in zip(images, names)]
-    out = {
-        "image": np.stack(decoded) if decoded else np.zeros((0, channels, image_size, image_size), np.float32),
-        "counts": _stack_counts(counts, names),
-    }
-    objects = _objects(columns.get("object"), names)
-    if objects is not None:
-        out["object"] = objects
+    out = {"image": np.stack(decoded) if decoded else np.zeros((0, channels, image_size, image_size), np.float32)}
+    counts = columns.get("counts")
+    if counts is not None and any(len(c) for c in counts if c is not None):
+        out["counts"] = _stack_counts(counts, names)
+    for key in ("object", "label"):
+        values = _indices(columns.get(key), names, key)
+        if values is not None:
+            out[key] = values
+    masks = columns.get("mask")
+    if masks is not None and _filled(masks, names, "mask"):
+        out["mask"] = np.stack([decode_mask(_as_bytes(data), image_size, f"{name} (mask)")
+                                for data, name in zip(masks, names)])
     return out
 
 
@@ -194,32 +223,56 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         )
 
 
-def _write_shards(index: FolderIndex, staging: Path, rows_per_shard: int) -> list[str]:
+def _layout_rows(root: Path, layout: str, convention: LabelConvention | str, recursive: bool,
+                 object_index: Mapping[str, int] | None) -> tuple[list[dict[str, Any]], dict[bytes, bytes]]:
+    """Every row's sources (``image`` path, and ``counts``/``object_name``/``object``/``label``/``mask``), and the
+    pack metadata, for one folder layout. Labels are parsed and pairs matched here, before anything is written."""
+    from raytopo.data.layouts import pair_images_and_masks, scan_class_folders
+
+    class_names: tuple[str, ...] = ()
+    if layout == "names":
+        index = scan_folder(root, convention, recursive, object_index)
+        rows = [{"image": path, "counts": list(label.counts), "object_name": label.object_name,
+                 "object": None if label.object_name is None else index.object_index[label.object_name]}
+                for path, label in zip(index.files, index.labels)]
+        convention, objects = index.convention, index.object_index
+    elif layout == "class_folder":
+        classes = scan_class_folders(root)
+        rows = [{"image": path, "label": label} for path, label in zip(classes.files, classes.labels)]
+        convention, objects, class_names = LabelConvention.NONE, {}, classes.class_names
+    else:
+        rows = [{"image": image, "mask": mask} for image, mask in pair_images_and_masks(root)]
+        convention, objects = LabelConvention.NONE, {}
     metadata = {
-        _META_CONVENTION: index.convention.value.encode(),
-        _META_OBJECT_INDEX: json.dumps(index.object_index, sort_keys=True).encode(),
+        _META_CONVENTION: as_convention(convention).value.encode(),
+        _META_OBJECT_INDEX: json.dumps(objects, sort_keys=True).encode(),
+        _META_CLASS_NAMES: json.dumps(list(class_names)).encode(),
         _META_VERSION: FORMAT_VERSION.encode(),
     }
+    return rows, metadata
+
+
+def _write_shards(rows: list[dict[str, Any]], metadata: dict[bytes, bytes], root: Path, staging: Path,
+                  rows_per_shard: int) -> list[str]:
     schema = SCHEMA.with_metadata(metadata)
     names = []
-    for start in progress(range(0, len(index.files), rows_per_shard), f"packing {index.root}", "shard"):
-        rows = range(start, min(start + rows_per_shard, len(index.files)))
+    for start in progress(range(0, len(rows), rows_per_shard), f"packing {root}", "shard"):
         name = f"part-{len(names):05d}.parquet"
-        pq.write_table(_shard_table(index, rows, schema), staging / name)
+        pq.write_table(_shard_table(rows[start:start + rows_per_shard], root, schema), staging / name)
         names.append(name)
     return names
 
 
-def _shard_table(index: FolderIndex, rows: Sequence[int], schema: pa.Schema) -> pa.Table:
-    labels = [index.labels[i] for i in rows]
-    object_names = [label.object_name for label in labels]
+def _shard_table(rows: list[dict[str, Any]], root: Path, schema: pa.Schema) -> pa.Table:
     return pa.table(
         {
-            "image": [_png_bytes(index.files[i]) for i in rows],
-            "counts": [list(label.counts) for label in labels],
-            "object_name": object_names,
-            "object": [None if n is None else index.object_index[n] for n in object_names],
-            "filename": [index.files[i].relative_to(index.root).as_posix() for i in rows],
+            "image": [_png_bytes(row["image"]) for row in rows],
+            "counts": [row.get("counts", []) for row in rows],
+            "object_name": [row.get("object_name") for row in rows],
+            "object": [row.get("object") for row in rows],
+            "label": [row.get("label") for row in rows],
+            "mask": [_png_bytes(row["mask"]) if "mask" in row else None for row in rows],
+            "filename": [row["image"].relative_to(root).as_posix() for row in rows],
         },
         schema=schema,
     )
@@ -257,11 +310,8 @@ def _columns(batch: Mapping[str, Any] | pa.Table) -> dict[str, list]:
         columns = {name: batch.column(name).to_pylist() for name in batch.column_names}
     else:
         columns = {name: list(values) for name, values in batch.items()}
-    for required in ("image", "counts"):
-        if required not in columns:
-            raise InputError(
-                f"batch: expected an {required!r} column (rows written by pack_folder), got {sorted(columns)}"
-            )
+    if "image" not in columns:
+        raise InputError(f"batch: expected an 'image' column (rows written by pack_folder), got {sorted(columns)}")
     return columns
 
 
@@ -277,13 +327,18 @@ def _stack_counts(counts: list, names: list) -> np.ndarray:
     return np.stack(rows) if rows else np.zeros((0, 1), np.float32)
 
 
-def _objects(values: list | None, names: list) -> np.ndarray | None:
-    if values is None:
-        return None
+def _filled(values: list, names: list, key: str) -> bool:
+    """True when every row has a value, False when none has; InputError naming the first gap otherwise."""
     missing = [v is None or (isinstance(v, float) and np.isnan(v)) for v in values]
     if all(missing):
-        return None
+        return False
     if any(missing):
-        first = names[missing.index(True)]
-        raise InputError(f"{first}: expected an object index in every row of the batch, found none")
+        raise InputError(f"{names[missing.index(True)]}: expected a {key!r} value in every row of the batch, found none")
+    return True
+
+
+def _indices(values: list | None, names: list, key: str) -> np.ndarray | None:
+    """An int64 column (``object``, ``label``) when the rows carry it, else None."""
+    if values is None or not _filled(values, names, key):
+        return None
     return np.asarray(values, dtype=np.int64)

@@ -23,6 +23,7 @@ class Source:
     description: str = ""
     dataset: str | None = None  # streamed sources: "module:function": DataConfig -> ray.data.Dataset
     counts: Literal["never", "always", "by_convention"] = "never"   # whether batches carry topological counts
+    classes: Literal["never", "always", "with_labels_path", "by_pack"] = "never"  # whether batches carry labels
 
     @property
     def streamed(self) -> bool:
@@ -63,11 +64,15 @@ register_source("shapes", Source(f"{_LOADERS}:shapes_arrays", f"{_LOADERS}:check
 register_source("glyphs", Source(f"{_LOADERS}:glyph_arrays", f"{_LOADERS}:check_nothing", generated=True,
                                  description="glyphs whose distribution is invariant under data.group"))
 register_source("garments", Source(f"{_LOADERS}:garment_arrays", f"{_LOADERS}:check_nothing", generated=True,
-                                   description="FashionMNIST-like images in 10 classes"))
+                                   classes="always", description="FashionMNIST-like images in 10 classes"))
 register_source("folder", Source(f"{_LOADERS}:folder_arrays", f"{_LOADERS}:check_folder", counts="by_convention",
                                  description="images labelled by file name"))
-register_source("npy", Source(f"{_LOADERS}:npy_arrays", f"{_LOADERS}:check_npy",
+register_source("class_folder", Source(f"{_LOADERS}:class_folder_arrays", f"{_LOADERS}:check_class_folder",
+                                       classes="always", description="root/<class>/*.png, classes in sorted name order"))
+register_source("image_mask", Source(f"{_LOADERS}:image_mask_arrays", f"{_LOADERS}:check_image_mask",
+                                     description="root/images + root/masks pairs (same stem or prefix_X)"))
+register_source("npy", Source(f"{_LOADERS}:npy_arrays", f"{_LOADERS}:check_npy", classes="with_labels_path",
                               description="one .npy image array, optional labels_path"))
 register_source("parquet", Source(None, f"{_LOADERS}:check_parquet", dataset="raytopo.data.parquet:training_dataset",
-                                  counts="by_convention",
+                                  counts="by_convention", classes="by_pack",
                                   description="shards of raytopo data pack, streamed by Ray Data"))

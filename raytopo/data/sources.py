@@ -64,7 +64,7 @@ def _last_parquet_rows(data: DataConfig, n: int) -> dict[str, np.ndarray]:
         if sum(len(chunk["image"]) for chunk in chunks) >= n:
             break
         chunks.insert(0, decode_rows(pq.read_table(shard), data.image_size, data.channels))
-    keys = [key for key in ("image", "counts", "object") if chunks and key in chunks[0]]
+    keys = [key for key in ("image", "counts", "object", "label", "mask") if chunks and key in chunks[0]]
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in keys} if chunks else {
         "image": np.zeros((0, data.channels, data.image_size, data.image_size), dtype=np.float32)}
 
@@ -104,6 +104,18 @@ def check_npy(data: DataConfig) -> None:
     from raytopo.data.validate import check_npy_images
 
     check_npy_images(data.path, data.labels_path)
+
+
+def check_class_folder(data: DataConfig) -> None:
+    from raytopo.data.layouts import check_class_folders
+
+    check_class_folders(data.path)
+
+
+def check_image_mask(data: DataConfig) -> None:
+    from raytopo.data.layouts import check_image_mask_pairs
+
+    check_image_mask_pairs(data.path)
 
 
 def check_parquet(data: DataConfig) -> None:
@@ -170,3 +182,15 @@ def npy_arrays(data: DataConfig) -> dict[str, np.ndarray]:
     if data.labels_path:
         arrays["label"] = load_labels(data.labels_path, len(arrays["image"]))
     return arrays
+
+
+def class_folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    from raytopo.data.layouts import class_folder_arrays as load
+
+    return load(data.path, data.image_size, data.channels)
+
+
+def image_mask_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    from raytopo.data.layouts import image_mask_arrays as load
+
+    return load(data.path, data.image_size, data.channels)

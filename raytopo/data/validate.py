@@ -55,11 +55,14 @@ def check_parquet_pack(path: str | Path, convention: LabelConvention | str, coun
     if wanted is not LabelConvention.NONE and info.convention is not wanted:
         raise InputError(f"{path}: expected a pack of {wanted.value!r} labels (data.convention), "
                          f"got {info.convention.value!r}")
+    required = ("image", "counts") if wanted is not LabelConvention.NONE else ("image",)
     for shard in info.shards:
         schema = pq.read_schema(shard)
-        for name in ("image", "counts"):
+        for name in required + tuple(n for n in ("label", "mask") if n in schema.names):
             if schema.get_field_index(name) < 0 or schema.field(name).type != SCHEMA.field(name).type:
                 raise InputError(f"{shard}: expected a column {name!r} of type {SCHEMA.field(name).type}")
+        if "counts" not in schema.names:
+            continue
         table = pq.read_table(shard, columns=["counts", "filename"])
         flat = pc.list_flatten(table.column("counts"))
         if len(flat) and pc.max(flat).as_py() > count_limit:

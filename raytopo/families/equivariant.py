@@ -71,7 +71,6 @@ _UNET_DEFAULTS: dict[str, Any] = {"model_channels": 32, "num_res_blocks": 1, "at
 _UNET_FROM_ELSEWHERE = {"image_size": "data.image_size", "in_channels": "data.channels",
                         "num_classes": "model.num_classes"}
 _UNET_UNSUPPORTED = ("learn_sigma", "count_cond", "two_counts", "num_objects")
-LABELLED_SOURCES = ("garments",)
 NOISE_LEVELS_FOR_EVAL = (0.2, 1.0, 5.0)
 """VE noise levels at which evaluation measures the network's equivariance error."""
 
@@ -429,9 +428,9 @@ def held_out_images(run: Any, n: int) -> dict[str, np.ndarray]:
 def _check_sources(run: Any, model: EquivariantModelConfig, group: str) -> None:
     """Class conditioning needs labelled batches; the regulariser needs a non-identity element."""
     data = run.data
-    if model.num_classes and not (data.source in LABELLED_SOURCES or (data.source == "npy" and data.labels_path)):
-        raise ConfigError(f"model.num_classes: class conditioning needs labelled data (source garments, or npy "
-                          f"with labels_path), got source {data.source!r}")
+    if model.num_classes and not data.has_classes:
+        raise ConfigError(f"model.num_classes: class conditioning needs labelled data (source garments, "
+                          f"class_folder, or npy with labels_path), got source {data.source!r}")
     if model.regulariser.weight > 0 and get_group(group).order == 1:
         raise ConfigError("model.regulariser.weight: the regulariser needs a non-trivial group (Z2, C4 or D4), "
                           "got group 'trivial'")

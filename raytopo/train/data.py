@@ -62,5 +62,4 @@ def _ray_data_batches(data: DataConfig, batch_size: int, device: torch.device) -
         raise ConfigError("data.source 'parquet': the trainer was started without a 'train' dataset")
     while True:
         for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
-            yield {key: value for key, value in batch.items()
-                   if key in ("image", "object") or (key == "counts" and value.shape[-1] > 0)}
+            yield {key: value for key, value in batch.items() if key in ("image", "object", "label", "mask", "counts")}

@@ -77,7 +77,7 @@ def test_metadata_round_trip(object_folder: Path, tmp_path: Path) -> None:
     names = sorted(set(pq.read_table(shards).column("object_name").to_pylist()))
     assert {"circle", "star"} <= set(names)
     assert info.object_index == {name: position for position, name in enumerate(names)}
-    assert pq.read_schema(shards[0]).metadata[b"raytopo.format_version"] == b"1"
+    assert pq.read_schema(shards[0]).metadata[b"raytopo.format_version"] == b"2"  # format 2 added the label and mask columns
 
 
 def test_given_object_index_is_stored(object_folder: Path, tmp_path: Path) -> None:
