@@ -105,6 +105,12 @@ def _data_shapes(args: argparse.Namespace) -> int:
                                  args.seed, args.out))
 
 
+def _study(args: argparse.Namespace) -> int:
+    from raytopo.commands.study import StudyArgs, run_study_command
+
+    return run_study_command(StudyArgs(args.spec, args.resume, args.address, args.storage))
+
+
 def _data_pack(args: argparse.Namespace) -> int:
     from raytopo.commands.data import PackArgs, run_pack
 
@@ -236,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--overwrite", action="store_true", help="replace an existing pack (only its shards)")
     pack.set_defaults(run=_data_pack)
 
+    study = commands.add_parser("study", help="variants x seeds as a Tune grid: means, spreads, 95% intervals")
+    study.add_argument("spec", type=Path, help="a YAML study, e.g. studies/topovae_claim.yaml")
+    study.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    study.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
+    study.add_argument("--storage", default=None, metavar="DIR", help="where the study folder goes (default: the spec's)")
+    study.set_defaults(run=_study)
+
     tune = commands.add_parser("tune", help="a Ray Tune sweep over a YAML search space (see tune_spaces/)")
     tune.add_argument("space", type=Path, help="a YAML search space, e.g. tune_spaces/tdn_topo.yaml")
     tune.add_argument("--num-samples", type=_at_least(1), default=None, help="trials to sample (default: the space's)")
@@ -286,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The arguments naming what a command writes, or reads back from an earlier job (see raytopo/job_paths.py);
 # `train` and `tune` handle ray.storage_path / the space's storage_path where they read their configs.
 _JOB_PATH_ARGS = {"sample": ("checkpoint", "out"), "score": ("checkpoint", "out"), "evaluate": ("folder", "out"),
-                  "tune": ("storage",), "demo": ("out", "export_base"), "data": ("out",), "pointcloud": ("out",)}
+                  "tune": ("storage",), "study": ("storage",), "demo": ("out", "export_base"), "data": ("out",), "pointcloud": ("out",)}
 
 
 def _outlive_job(args: argparse.Namespace) -> None:

@@ -20,8 +20,9 @@ commands, Tune and the demo talk to it only through the hooks of :class:`Family`
   on every worker and must decide the same way on each (`FamilyDefaults`: the model unchanged);
 * ``parameter_groups(model, run, stage) -> [ParamGroup]``: what the optimizer trains in ``stage``, in groups
   with their own lr scale and gradient clipping (`single_group` for most families). Every parameter outside
-  the groups is **frozen** for that stage: the trainer sets ``requires_grad=False`` (so DDP neither reduces
-  nor waits for it), keeps it out of the optimizer and the EMA, and saves it once per checkpoint;
+  the groups is **frozen** for that stage: the trainer sets ``requires_grad=False`` (so it has no gradient and
+  the ranks' gradient all-reduce skips it), keeps it out of the optimizer and the EMA, and saves it once per
+  checkpoint;
 * ``losses(model, batch, ctx) -> dict[str, Tensor | Pending]``: *per-sample* loss terms ``[B]``. The trainer
   multiplies them by ``loss_weights``, reduces, logs each term and backpropagates. A term may be `Pending`:
   work still running elsewhere (for TDN, persistence diagrams on Ray actors), resolved as late as possible so

@@ -240,16 +240,19 @@ class TopoVAEFamily(FamilyDefaults):
                        batch_size: int) -> dict[str, float]:
         """On ``per_count`` held-out batches of ``batch_size`` images (each batch one point cloud), per model:
         ``<model>_bce`` (BCE per sample, mean), ``<model>_kl``, ``<model>_bottleneck0/1`` (Rips bottleneck
-        distance between the reconstructions' and the inputs' clouds); ``bce_ratio`` = topovae / vae.
-        Reconstructions decode the latent mean. ``sampler`` is unused."""
+        distance between the reconstructions' and the inputs' clouds); ``bce_ratio`` = topovae / vae; with class
+        labels, ``<model>_latent_nmi`` (k-means of the latent means, NMI against the classes: do the latents
+        organise by class). Reconstructions decode the latent mean. ``sampler`` is unused."""
         parsed = self.parse(run)
         device = next(model.parameters()).device
         images = evaluation_images(run.data, per_count * batch_size)
         totals: dict[str, float] = {}
+        latents: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size].to(device)
             outputs = model(batch, torch.zeros(len(batch), parsed.network.n_latent, device=device))
             for name, output in outputs.items():
+                latents.setdefault(name, []).append(output.mu.detach().cpu().numpy())
                 scores = {"bce": reconstruction_loss(output.reconstruction, batch, "bce").mean().item(),
                           "kl": kl_divergence(output.mu, output.logvar).mean().item()}
                 distances = cloud_bottleneck(output.reconstruction, batch, parsed.topo.maxdim, parsed.topo.backend)
@@ -258,11 +261,18 @@ class TopoVAEFamily(FamilyDefaults):
                     totals[f"{name}_{key}"] = totals.get(f"{name}_{key}", 0.0) + value * len(batch) / len(images)
         if parsed.compare:
             totals["bce_ratio"] = totals["topovae_bce"] / totals["vae_bce"]
+        if run.data.has_classes:
+            from raytopo.eval.clustering import latent_class_nmi
+
+            labels = evaluation_labels(run.data, len(images))
+            for name, means in latents.items():
+                totals[f"{name}_latent_nmi"] = latent_class_nmi(np.concatenate(means), labels)
         return totals
 
     def metric_names(self, run: Any) -> set[str]:
         parsed = self.parse(run)
         keys = ["bce", "kl"] + [f"bottleneck{dim}" for dim in range(parsed.topo.maxdim + 1)]
+        keys += ["latent_nmi"] if run.data.has_classes else []
         names = {f"{model}_{key}" for model in parsed.model_names for key in keys}
         return names | ({"bce_ratio"} if parsed.compare else set())
 
@@ -366,10 +376,20 @@ def evaluation_images(data: Any, n: int) -> torch.Tensor:
     return to_unit(torch.tensor(_evaluation_array(data, n)))
 
 
-@functools.lru_cache(maxsize=8)
+def evaluation_labels(data: Any, n: int) -> np.ndarray:
+    """The class labels of `evaluation_images` (same held-out split, same order)."""
+    return _evaluation_arrays(data, n)["label"]
+
+
 def _evaluation_array(data: Any, n: int) -> np.ndarray:
+    return _evaluation_arrays(data, n)["image"]
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluation_arrays(data: Any, n: int) -> dict[str, np.ndarray]:
     from raytopo.data.sources import held_out_arrays
 
-    images = held_out_arrays(data, n)["image"]
-    images.setflags(write=False)
-    return images
+    arrays = held_out_arrays(data, n)
+    for array in arrays.values():
+        array.setflags(write=False)
+    return arrays

@@ -1,5 +1,7 @@
 """Run logging on rank 0: TensorBoard scalars/images/figures and a one-line terminal progress display.
 
+Image grids are also written as PNGs to ``<run dir>/samples/<name>_step<NNNNNNN>.png``.
+
 The progress lines also go to ``<log dir>/progress.log``; `follow_progress` prints them on the driver when
 Ray does not forward the workers' output (``log_to_driver=False``, as in ``raytopo demo``).
 """
@@ -73,8 +75,17 @@ class RunLogger:
             return
         grid = labelled_grid(images, captions) if captions else upscale(image_grid(images), images.shape[-1])
         self.writer.add_image(f"samples/{name}", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        self._save_png(grid, f"{name}_step{step:07d}.png")
         self.writer.add_figure(f"persistence_diagram/{name}", _diagram_figure(images[0]), step)
         self.writer.flush()
+
+    def _save_png(self, grid: np.ndarray, name: str) -> None:
+        """The grid also as ``<run dir>/samples/<name>`` (what a study or a person opens without TensorBoard)."""
+        from PIL import Image
+
+        folder = self.progress_path.parent.parent / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(folder / name)
 
     def evaluation(self, step: int, metrics: Mapping[str, float]) -> None:
         """The family's evaluation metrics (e.g. count accuracy, F1, MAE) as ``eval/<name>`` scalars."""

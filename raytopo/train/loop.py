@@ -86,12 +86,13 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             update_ema(ema, model, run.train.ema_rate_at(step))
             done = step + 1
             _maybe_sample(family, ema, run, logger, done)
-            _maybe_evaluate(family, ema, run, logger, done)
-            if done % run.train.log_every == 0 or done % run.train.checkpoint_every == 0 or done == run.train.steps:
+            evaluation = _maybe_evaluate(family, ema, run, logger, done)
+            eval_due = bool(run.train.eval_every) and done % run.train.eval_every == 0
+            checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
+            if eval_due or checkpoint_due or done % run.train.log_every == 0:  # the same steps on every rank
                 values = logger.scalars(done, metrics, run.train.lr_at(step))
-                checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
                 saved = SavedState(model, ema, optimizer, stage_index, family.structure(unwrap(model)))
-                _report({**values, "step": done}, saved, run, rank, checkpoint_due)
+                _report({**values, **evaluation, "step": done}, saved, run, rank, checkpoint_due)
     finally:
         logger.close()
         if rank == 0:
@@ -102,7 +103,7 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
 
 @dataclass
 class SavedState:
-    """What a checkpoint holds besides the step and config: the model (possibly DDP-wrapped), its EMA, the
+    """What a checkpoint holds besides the step and config: the model (as prepare_model returned it), its EMA, the
     optimizer, the stage it was saved in and the model's structure (`Family.structure`)."""
 
     model: torch.nn.Module
@@ -118,9 +119,10 @@ def enter_stage(family, model: torch.nn.Module, ema: torch.nn.Module, run: RunCo
 
     The global RNG is seeded from the step first, and ``batches`` is a stream of its own (not the training
     iterator), so layers and decisions of the transition are the same whether the run got here uninterrupted
-    or resumed from the checkpoint at the boundary, and the training batches after it do not shift. DDP is re-applied to
-    the new model (its set of trained parameters may have changed); the EMA keeps the averages of parameters
-    that keep their name and shape.
+    or resumed from the checkpoint at the boundary, and the training batches after it do not shift. The new
+    model goes through ``prepare_model`` (device placement; raytopo averages gradients by hand, so there is no
+    DDP wrapper to rebuild) and rank 0's weights are broadcast; the EMA keeps the averages of parameters that
+    keep their name and shape.
     """
     import ray.train.torch
 
@@ -134,7 +136,7 @@ def enter_stage(family, model: torch.nn.Module, ema: torch.nn.Module, run: RunCo
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (the model itself otherwise)."""
+    """The module inside a DDP wrapper, if Ray's prepare_model added one (the model itself otherwise)."""
     inner = getattr(model, "module", None)
     return inner if isinstance(inner, torch.nn.Module) else model
 
@@ -147,6 +149,8 @@ def make_optimizer(family, model: torch.nn.Module, run: RunConfig, stage: Stage 
     trained = {id(p) for group in policy for p in group.parameters}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in trained)
+        if id(parameter) not in trained:
+            parameter.grad = None  # a gradient left from an earlier stage would still be all-reduced
     groups = [{"params": group.parameters, "name": group.name, "lr_scale": group.lr_scale,
                "lr": run.train.lr * group.lr_scale} for group in policy]
     return torch.optim.AdamW(groups, lr=run.train.lr, weight_decay=run.train.weight_decay)
@@ -280,14 +284,17 @@ def _maybe_sample(family, ema, run: RunConfig, logger: RunLogger, done: int) -> 
         logger.images(done, name, images, captions)
 
 
-def _maybe_evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -> None:
+def _maybe_evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -> dict[str, float]:
+    """Every ``train.eval_every`` steps on rank 0: the family's evaluation of the EMA model, logged to TensorBoard
+    and returned as ``eval/<name>`` (reported with that step, so Tune and studies see the curve); else ``{}``."""
     every = run.train.eval_every
     if not logger.enabled or not every or done % every:
-        return
+        return {}
     settings = SamplerSettings(steps=run.train.sample_steps)
     with torch.no_grad():
         metrics = family.evaluate_model(ema, run, settings, run.train.eval_per_count, 100)
     logger.evaluation(done, metrics)
+    return {f"eval/{key}": float(value) for key, value in metrics.items()}
 
 
 def _make_pool(run: RunConfig):

@@ -55,6 +55,15 @@ def experiment_dir(space: TuneSpace) -> Path:
 
 def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False) -> SweepOutcome:
     """Run (or with ``resume`` continue) the sweep; a failing trial is a row of the table, not an exception."""
+    grid, folder = fit_sweep(space, address, resume)
+    rows = sort_rows(result_rows(grid, space), space.mode)
+    best = next((row for row in rows if row.metric is not None and row.status == "done"), None)
+    best_config = write_best_config(space, best, folder / BEST_CONFIG_NAME) if best else None
+    return SweepOutcome(folder, rows, best, best_config)
+
+
+def fit_sweep(space: TuneSpace, address: str | None = None, resume: bool = False):
+    """The driver's checks, then ``Tuner.fit()``: (Tune's ``ResultGrid``, the sweep folder)."""
     from raytopo.data.sources import check_data_source
     from raytopo.train.trainer import ensure_ray
 
@@ -69,10 +78,7 @@ def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False
     tuner = restore_tuner(space, folder) if resume else build_tuner(space)
     with _metrics_checked_by_raytopo():
         grid = tuner.fit()
-    rows = sort_rows(result_rows(grid, space), space.mode)
-    best = next((row for row in rows if row.metric is not None and row.status == "done"), None)
-    best_config = write_best_config(space, best, folder / BEST_CONFIG_NAME) if best else None
-    return SweepOutcome(folder, rows, best, best_config)
+    return grid, folder
 
 
 # --- construction -------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from raytopo.train.config import RunConfig, parse_run_config
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SAMPLE_PREFIX = "sample."
+VARIANT_KEY = "variant"   # the param that picks one of ``variants``: a named bundle of dotted settings
 _INTERIOR = 0.4142135623730951  # a non-integral fraction: an interior probe that an int field rejects
 
 
@@ -160,6 +161,7 @@ class TuneSpace:
     sample: SamplerSettings = field(default_factory=SamplerSettings)
     eval: EvalSpec = field(default_factory=EvalSpec)
     storage_path: str = "runs/tune"
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def family(self) -> str:
@@ -182,7 +184,10 @@ class TuneSpace:
     def plain_run_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         data = copy.deepcopy(self.base)
         for key, value in config.items():
-            if key in self.params and not key.startswith(SAMPLE_PREFIX):
+            if key == VARIANT_KEY and self.variants:
+                for setting, chosen in self.variants[value].items():
+                    set_dotted(data, setting, chosen, where=f"variants.{value}.{setting}")
+            elif key in self.params and not key.startswith(SAMPLE_PREFIX):
                 set_dotted(data, key, value, where=f"params.{key}")
         return data
 
@@ -212,7 +217,7 @@ def load_space(path: str | Path, num_samples: int | None = None, storage_path: s
 
 
 _TOP_LEVEL = ("name", "base", "fixed", "params", "metric", "mode", "scheduler", "search", "num_samples",
-              "max_concurrent_trials", "resources", "sample", "eval", "storage_path")
+              "max_concurrent_trials", "resources", "sample", "eval", "storage_path", "variants")
 
 
 def parse_space(data: Mapping[str, Any], root: Path = Path(".")) -> TuneSpace:
@@ -225,6 +230,9 @@ def parse_space(data: Mapping[str, Any], root: Path = Path(".")) -> TuneSpace:
     resources = from_dict(ResourceSpec, data.get("resources"), "resources")
     base = _base_config(data.get("base"), root, data.get("fixed") or {}, resources)
     params = {str(key): parse_distribution(str(key), spec) for key, spec in _mapping(data, "params").items()}
+    variants = _variants(data.get("variants"))
+    if variants:
+        params = {VARIANT_KEY: Distribution("grid", tuple(variants)), **params}
     if not params:
         raise ConfigError("params: expected at least one searched parameter")
     space = TuneSpace(
@@ -242,9 +250,24 @@ def parse_space(data: Mapping[str, Any], root: Path = Path(".")) -> TuneSpace:
         sample=from_dict(SamplerSettings, data.get("sample"), "sample"),
         eval=from_dict(EvalSpec, data.get("eval"), "eval"),
         storage_path=_text(data.get("storage_path", "runs/tune"), "storage_path"),
+        variants=variants,
     )
     validate_space(space)
     return space
+
+
+def _variants(spec: Any) -> dict[str, dict[str, Any]]:
+    """``{name: {dotted key: value}}`` (each variant a bundle of settings); ConfigError naming a bad entry."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, Mapping) or not spec:
+        raise ConfigError(f"variants: expected a mapping of names to settings like {{vae: {{model.x: 0}}}}, got {spec!r}")
+    variants = {}
+    for name, settings in spec.items():
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ConfigError(f"variants.{name}: expected a mapping of dotted run-config keys to values, got {settings!r}")
+        variants[str(name)] = dict(settings or {})
+    return variants
 
 
 def parse_distribution(key: str, spec: Any) -> Distribution:
@@ -321,6 +344,12 @@ def _combinations(space: TuneSpace) -> list[dict[str, Any]]:
 
 def _check_value(space: TuneSpace, key: str, value: Any) -> None:
     where = f"params.{key}"
+    if key == VARIANT_KEY and space.variants:
+        try:
+            space.run_config({key: value})
+        except ConfigError as error:
+            raise ConfigError(f"variants.{value}: {error}") from None
+        return
     if key.startswith(SAMPLE_PREFIX):
         name = key[len(SAMPLE_PREFIX):]
         allowed = [f.name for f in fields(SamplerSettings)]

@@ -18,7 +18,7 @@ import pytest
 
 from cluster_helpers import REPO, copy_sources, ray_head, tiny_run, wait_for, write_yaml
 
-JOB_SCRIPTS = ("train", "tune", "sample", "evaluate")
+JOB_SCRIPTS = ("train", "tune", "study", "sample", "evaluate")
 
 
 @pytest.mark.parametrize("subcommand", JOB_SCRIPTS)

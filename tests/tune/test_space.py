@@ -224,3 +224,18 @@ def test_a_searched_data_value_that_cannot_work_fails_before_ray_starts(tmp_path
     assert err.startswith("raytopo tune: error: data (source shapes, image_size 16): max_count: cannot place 60")
     assert "\n" not in err
     assert not ray.is_initialized() and not (tmp_path / "tune").exists()
+
+
+def test_an_empty_folder_in_a_searched_data_path_fails_before_ray_starts(tmp_path):
+    """Every trial's data is checked on the driver: the empty folder of one grid value is named at once."""
+    import ray
+
+    from raytopo.errors import InputError
+    from raytopo.tune.runner import run_sweep
+
+    (tmp_path / "empty").mkdir()
+    data = tiny_space(tmp_path, params={"data.path": {"grid": [str(tmp_path / "empty")]}})
+    data["base"]["data"].update(source="folder", path=str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="empty"):
+        run_sweep(parse_space(data))
+    assert not ray.is_initialized()

@@ -1,8 +1,8 @@
 """A real tiny sweep on a local 2-CPU Ray: Tune trials each drive a one-worker TorchTrainer (Train V2 pattern).
 
-Three trials over ``data.path`` (grid): two folders of masks train and evaluate; an empty folder makes its
-trial fail at run time inside the training worker (the space itself is valid), which must be a row of the
-table, not the end of the sweep. Truth comes from outside the code under test: Tune's own per-trial result
+Three trials over ``data.path`` (grid): two folders of masks train and evaluate; an empty folder (which the
+driver's check is told to pass, as if it broke after the check) makes its trial fail at run time inside the
+training worker, which must be a row of the table, not the end of the sweep. Truth comes from outside the code under test: Tune's own per-trial result
 history, the checkpoints on disk, and a fresh evaluation of the final checkpoint with the trial's sampler.
 """
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import raytopo.data.sources as sources
 from raytopo.commands.data import ShapesArgs, run_shapes
 from raytopo.errors import ConfigError
 from raytopo.train.config import load_run_config
@@ -40,7 +41,15 @@ def sweep(ray_local, tmp_path_factory):
                                     "sample.steps": {"choice": [4, 5]}})
     data["base"]["data"].update(source="folder", path=str(folders["a"]))
     space = parse_space(data)
-    return space, run_sweep(space), folders
+    # The driver checks every trial's data before Ray starts (an empty folder fails there, in one line). To get a
+    # trial that fails inside its worker, the empty folder stands for data that broke after that check (files
+    # removed from shared storage while the sweep waited): the driver's check is told to pass it.
+    real_check = sources.check_data_source
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "check_data_source",
+                      lambda data: None if data.path == str(folders["empty"]) else real_check(data))
+        outcome = run_sweep(space)
+    return space, outcome, folders
 
 
 def _trial_dir(outcome, row) -> Path:
