@@ -12,13 +12,15 @@ A study file is a search-space file (`raytopo.tune.space`) with three more keys 
     metrics: [topovae_bce, topovae_latent_nmi]   # final values to tabulate
     curves: [eval/topovae_bce]     # reported during training: plotted over steps with bands ...
     at_steps: [10, 25, 50, 75, 100]  # ... and tabulated at these steps
+    grids_at: 50                   # optional: the first seed's preview grids at this step, variants side by side
 
 `run_study` runs the grid with `raytopo.tune.runner.run_sweep` (Tune schedules the trials, seeds in parallel on
 whatever the cluster has), takes every trial's final metrics and its reported history from Tune's
 ``ResultGrid``, and writes into the sweep folder: ``study.md`` and ``study.csv`` (per variant and metric: n,
 mean, std and the 95% t interval; per variant against the baseline: the paired difference over common seeds,
 `raytopo.eval.statistics`), ``curves.png`` (each curve's mean over seeds per variant, with a band of one
-standard deviation), and one row per failed trial, which never hides the others.
+standard deviation), ``grids_step<N>.png`` (with ``grids_at``: each preview grid the trainer saved at step N,
+first seed, one column per variant), and one row per failed trial, which never hides the others.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Study:
     metrics: tuple[str, ...]
     curves: tuple[str, ...] = ()
     at_steps: tuple[int, ...] = ()
+    grids_at: int | None = None
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -66,6 +69,7 @@ class TrialOutcome:
     status: str
     final: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    path: Path | None = None      # the trial's folder (its training run is in <path>/train)
 
 
 def load_study(path: str | Path, storage_path: str | None = None) -> Study:
@@ -94,6 +98,9 @@ def parse_study(data: Mapping[str, Any], root: Path = Path(".")) -> Study:
     at_steps = data.pop("at_steps", None) or []
     if not all(isinstance(s, int) and s >= 1 for s in at_steps):
         raise ConfigError(f"at_steps: expected positive step numbers, got {at_steps!r}")
+    grids_at = data.pop("grids_at", None)
+    if grids_at is not None and not (isinstance(grids_at, int) and grids_at >= 1):
+        raise ConfigError(f"grids_at: expected a positive step number, got {grids_at!r}")
     data["metric"] = "loss"  # Tune's own metric is unused (fifo, no best trial); the study checks its metrics below
     data.setdefault("mode", "min")
     data.setdefault("scheduler", "fifo")
@@ -102,7 +109,7 @@ def parse_study(data: Mapping[str, Any], root: Path = Path(".")) -> Study:
     if space.scheduler.name != "fifo" or space.search != "random" or space.num_samples != 1:
         raise ConfigError("scheduler/search/num_samples: a study runs every variant and seed to the end "
                           "(fifo, random, 1); leave them out")
-    study = Study(space, tuple(seeds), tuple(metrics), tuple(curves), tuple(at_steps))
+    study = Study(space, tuple(seeds), tuple(metrics), tuple(curves), tuple(at_steps), grids_at)
     _check_names(study)
     return study
 
@@ -151,7 +158,9 @@ def trial_outcome(result: Any, row: Any) -> TrialOutcome:
         history = [{key: float(value) for key, value in record.items() if _is_number(value)}
                    for record in frame.to_dict("records")]
     final = {key: float(value) for key, value in (row.metrics or {}).items() if _is_number(value)}
-    return TrialOutcome(str(config.get(VARIANT_KEY)), int(config.get("train.seed", -1)), row.status, final, history)
+    path = Path(result.path) if getattr(result, "path", None) else None
+    return TrialOutcome(str(config.get(VARIANT_KEY)), int(config.get("train.seed", -1)), row.status, final, history,
+                        path)
 
 
 def _is_number(value: Any) -> bool:
@@ -282,8 +291,44 @@ def plot_curves(trials: list[TrialOutcome], study: Study, path: Path) -> Path | 
     return path
 
 
+def side_by_side_grids(trials: list[TrialOutcome], study: Study, path: Path) -> Path | None:
+    """The first finished seed's preview grids at step ``grids_at``, one column per variant (labelled on top),
+    one row per grid name; None when no trial saved one."""
+    if study.grids_at is None:
+        return None
+    from PIL import Image, ImageDraw
+
+    suffix = f"_step{study.grids_at:07d}.png"
+    columns: dict[str, dict[str, Path]] = {}
+    for variant in study.variants:
+        done = sorted((t for t in trials if t.variant == variant and t.status == "done" and t.path), key=lambda t: t.seed)
+        if done:
+            found = sorted((done[0].path / "train").glob(f"samples/*{suffix}"))
+            columns[variant] = {p.name[: -len(suffix)]: p for p in found}
+    names = sorted({name for grids in columns.values() for name in grids})
+    if not names:
+        return None
+    images = {(v, n): Image.open(p).convert("RGB") for v, grids in columns.items() for n, p in grids.items()}
+    width = max(im.width for im in images.values())
+    heights = [max(images[(v, n)].height for v in columns if (v, n) in images) for n in names]
+    label = 16
+    sheet = Image.new("RGB", (width * len(columns) + 4 * (len(columns) - 1), label + sum(heights) + 4 * len(names)),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, variant in enumerate(columns):
+        x = k * (width + 4)
+        draw.text((x + 2, 2), f"{variant} (step {study.grids_at})", fill="black")
+        y = label
+        for name, height in zip(names, heights):
+            if (variant, name) in images:
+                sheet.paste(images[(variant, name)], (x, y))
+            y += height + 4
+    sheet.save(path)
+    return path
+
+
 def write_study(trials: list[TrialOutcome], study: Study, folder: Path) -> dict[str, Path]:
-    """``study.md``, ``study.csv`` and ``curves.png`` (when there are curves) in ``folder``."""
+    """``study.md``, ``study.csv``, ``curves.png`` and ``grids_step<N>.png`` (when asked for) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     written = {"markdown": folder / "study.md", "csv": folder / "study.csv"}
     written["markdown"].write_text(markdown(trials, study))
@@ -291,4 +336,7 @@ def write_study(trials: list[TrialOutcome], study: Study, folder: Path) -> dict[
     curves = plot_curves(trials, study, folder / "curves.png")
     if curves is not None:
         written["curves"] = curves
+    grids = side_by_side_grids(trials, study, folder / f"grids_step{study.grids_at}.png")
+    if grids is not None:
+        written["grids"] = grids
     return written

@@ -19,7 +19,7 @@ T_975_2 = 4.302652729911275   # Student's t quantile 0.975, 2 degrees of freedom
 
 def _study_data(storage: Path, **changes) -> dict:
     base = tiny_base(storage)
-    base["train"].update(eval_every=2, eval_per_count=1, sample_steps=4)
+    base["train"].update(eval_every=2, eval_per_count=1, sample_steps=4, sample_every=4)
     data = {
         "name": "tiny_study",
         "base": base,
@@ -28,6 +28,7 @@ def _study_data(storage: Path, **changes) -> dict:
         "metrics": ["dim0_conn4_accuracy", "mse"],
         "curves": ["eval/dim0_conn4_accuracy"],
         "at_steps": [2, 4],
+        "grids_at": 4,
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "persistence_actors": 1, "cpus_per_actor": 0.25,
                       "driver_cpus": 0.25},
         "sample": {"name": "ddim", "steps": 4},
@@ -88,6 +89,21 @@ def test_summaries_of_known_values_match_the_closed_form(tmp_path):
     assert written["curves"].stat().st_size > 0
 
 
+def test_the_cli_reports_a_bad_study_in_one_line_before_ray_starts(tmp_path, capsys):
+    """Runs before the module's Ray fixture starts (the test below uses it)."""
+    import ray
+    import yaml
+
+    from raytopo.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_study_data(tmp_path, seeds=[0, 0])))
+    assert main(["study", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "raytopo study: error: seeds: expected distinct seeds, got [0, 0]"
+    assert not ray.is_initialized()
+
+
 def test_a_tiny_study_runs_end_to_end_and_keeps_the_good_trials_when_one_variant_fails(ray_local, tmp_path):
     """2 seeds x (plain, topo, and a variant whose training diverges): the divergence is two failed rows."""
     data = _study_data(tmp_path)
@@ -108,3 +124,10 @@ def test_a_tiny_study_runs_end_to_end_and_keeps_the_good_trials_when_one_variant
     assert "4 of 6 trials finished" in text and "| plain | dim0_conn4_accuracy | 2 |" in text
     assert "| diverging - plain | dim0_conn4_accuracy | 0 |" in text   # no seed to pair: reported, not hidden
     assert written["curves"].is_file()
+    from PIL import Image
+
+    sheet = Image.open(written["grids"])            # plain and topo side by side (the diverging one saved none)
+    single = Image.open(next((t.path for t in trials if t.variant == "plain" and t.seed == 0)).glob(
+        "train/samples/*_step0000004.png").__next__())
+    assert sheet.width == 2 * single.width + 4
+
