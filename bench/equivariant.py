@@ -81,7 +81,8 @@ def run_config(args: argparse.Namespace, name: str, storage: Path, **model) -> d
 # --- 1. cost ----------------------------------------------------------------------------------------------------
 
 
-def cost_tables(args: argparse.Namespace) -> None:
+def cost_tables(args: argparse.Namespace) -> dict[str, float]:
+    """Print the cost table; return the median train-step ms of every variant (``averaging`` trains as plain)."""
     from raytopo.families.base import StepContext
     from raytopo.families.sampling import SamplerSettings
     from raytopo.registry import get_family
@@ -115,6 +116,7 @@ def cost_tables(args: argparse.Namespace) -> None:
     print_table(f"Cost on {args.device}: group {args.group}, {args.size} px, batch {args.batch}, "
                 f"model_channels {args.channels}, heun {args.sample_steps} steps",
                 ["variant", "parameters", "train step ms", "x plain", "sample ms / image", "x plain"], rows)
+    return {**dict(zip(MECHANISM_VARIANTS, train_ms)), "averaging": train_ms[0]}
 
 
 def _step_fn(family, model, run, batch, device, context_type, train_step):
