@@ -123,9 +123,10 @@ def upscale(grid: np.ndarray, tile: int) -> np.ndarray:
     return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def labelled_grid(images: torch.Tensor, captions: list[str], label_width: int = 40) -> np.ndarray:
+def labelled_grid(images: torch.Tensor, captions: list[str], label_width: int | None = None) -> np.ndarray:
     """One row per distinct caption (in order of first appearance) holding its images, the caption written in a
-    left margin; upscaled like `upscale`. Returns HW (grey) or HWC uint8."""
+    left margin wide enough for the longest one (PIL's default font, about 6 px a character); upscaled like
+    `upscale`. Returns HW (grey) or HWC uint8."""
     from PIL import Image, ImageDraw
 
     groups: dict[str, list[int]] = {}
@@ -135,12 +136,13 @@ def labelled_grid(images: torch.Tensor, captions: list[str], label_width: int = 
     # every row is laid out on `columns` tiles, so the rows are equally wide
     rows = [upscale(image_grid(images[indices], columns=columns), images.shape[-1]) for indices in groups.values()]
     body = np.concatenate(rows, axis=0)
+    label_width = label_width or max(40, 6 * max(len(caption) for caption in groups) + 10)
     margin = np.full((body.shape[0], label_width) + body.shape[2:], 255, dtype=np.uint8)
     picture = Image.fromarray(np.concatenate([margin, body], axis=1))
     draw = ImageDraw.Draw(picture)
     top = 0
     for caption, row in zip(groups, rows):
-        draw.text((4, top + row.shape[0] // 2 - 5), caption[:6], fill=0)
+        draw.text((4, top + row.shape[0] // 2 - 5), caption, fill=0)
         top += row.shape[0]
     return np.asarray(picture)
 
