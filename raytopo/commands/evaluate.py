@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raytopo.data.folder import open_image, scan_folder
+from raytopo.data.folder import open_image_file, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
 from raytopo.progress import progress
@@ -109,11 +109,7 @@ def read_mask(path: Path) -> np.ndarray:
     Raises:
         InputError: the file cannot be read or decoded, or it is a 32-bit/float image.
     """
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
-    image = open_image(data, str(path))
+    image = open_image_file(path)
     if image.mode not in _EIGHT_BIT_MODES:
         image = image.convert("RGBA")  # palette, 1-bit, CMYK, ...: channel 0 becomes red/grey 0-255
     return np.asarray(image)

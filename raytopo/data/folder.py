@@ -97,6 +97,19 @@ def check_count_limit(counts: tuple[float, ...] | list[float], count_limit: floa
         raise InputError(f"{name}: expected counts <= {count_limit:g} (data.count_limit), got {max(counts):g}")
 
 
+def read_image_bytes(path: Path) -> bytes:
+    """The bytes of an image file; InputError naming ``path`` when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
+
+
+def open_image_file(path: Path) -> Image.Image:
+    """`open_image` of the file at ``path`` (read and decode errors name it)."""
+    return open_image(read_image_bytes(path), str(path))
+
+
 def open_image(data: bytes, name: str) -> Image.Image:
     """A fully loaded 8-bit PIL image from encoded bytes; InputError naming ``name`` if it cannot be decoded.
 
@@ -196,11 +209,8 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         path, label = self.index.files[i], self.index.labels[i]
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
-        item = {"image": torch.from_numpy(decode_image(data, self.image_size, self.channels, str(path)))}
+        image = decode_image(read_image_bytes(path), self.image_size, self.channels, str(path))
+        item = {"image": torch.from_numpy(image)}
         if label.counts:
             item["counts"] = torch.tensor(label.counts, dtype=torch.float32)
         if label.object_name is not None:

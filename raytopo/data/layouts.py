@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raytopo.data.folder import IMAGE_EXTENSIONS, open_image, preprocess_image
+from raytopo.data.folder import IMAGE_EXTENSIONS, open_image, open_image_file, preprocess_image, read_image_bytes
 from raytopo.errors import InputError
 from raytopo.progress import progress
 
@@ -34,13 +34,6 @@ def _existing_folder(root: str | Path, what: str) -> Path:
     if not root.is_dir():
         raise InputError(f"{root}: expected a folder of {what}")
     return root
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
 
 
 # --- class folders -----------------------------------------------------------------------------------------------
@@ -77,7 +70,7 @@ def scan_class_folders(root: str | Path) -> ClassFolderIndex:
 def class_folder_arrays(root: str | Path, image_size: int, channels: int) -> dict[str, np.ndarray]:
     """``image`` float32 ``[N, C, S, S]`` in [-1, 1] and ``label`` int64 ``[N]`` (class index, sorted names)."""
     index = scan_class_folders(root)
-    images = [preprocess_image(open_image(_read(path), str(path)), image_size, channels) for path in index.files]
+    images = [preprocess_image(open_image_file(path), image_size, channels) for path in index.files]
     return {"image": np.stack(images), "label": np.asarray(index.labels, dtype=np.int64)}
 
 
@@ -85,7 +78,7 @@ def check_class_folders(root: str | Path) -> int:
     """The layout, and every image decodes; returns the image count."""
     index = scan_class_folders(root)
     for path in progress(index.files, f"checking {root}"):
-        open_image(_read(path), str(path))
+        open_image_file(path)
     return len(index.files)
 
 
@@ -134,13 +127,13 @@ def decode_mask(data: bytes, image_size: int, name: str) -> np.ndarray:
 
 def load_mask(path: Path, image_size: int) -> np.ndarray:
     """The mask file at ``path`` (`decode_mask`)."""
-    return decode_mask(_read(path), image_size, str(path))
+    return decode_mask(read_image_bytes(path), image_size, str(path))
 
 
 def image_mask_arrays(root: str | Path, image_size: int, channels: int) -> dict[str, np.ndarray]:
     """``image`` float32 ``[N, C, S, S]`` in [-1, 1] and ``mask`` float32 ``[N, 1, S, S]`` in {-1, 1}."""
     pairs = pair_images_and_masks(root)
-    images = [preprocess_image(open_image(_read(image), str(image)), image_size, channels) for image, _ in pairs]
+    images = [preprocess_image(open_image_file(image), image_size, channels) for image, _ in pairs]
     masks = [load_mask(mask, image_size) for _, mask in pairs]
     return {"image": np.stack(images), "mask": np.stack(masks)}
 
@@ -149,6 +142,6 @@ def check_image_mask_pairs(root: str | Path) -> int:
     """Every image has exactly one mask, and both decode; returns the pair count."""
     pairs = pair_images_and_masks(root)
     for image, mask in progress(pairs, f"checking {root}"):
-        open_image(_read(image), str(image))
-        open_image(_read(mask), str(mask))
+        open_image_file(image)
+        open_image_file(mask)
     return len(pairs)

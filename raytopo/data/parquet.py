@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raytopo.data.folder import decode_image, open_image, scan_folder
+from raytopo.data.folder import decode_image, open_image, read_image_bytes, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
 from raytopo.progress import progress
@@ -280,10 +280,7 @@ def _shard_table(rows: list[dict[str, Any]], root: Path, schema: pa.Schema) -> p
 
 def _png_bytes(path: Path) -> bytes:
     """The file's bytes if it is a PNG, else its pixels re-encoded as PNG (lossless); decoded either way."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
+    data = read_image_bytes(path)
     image = open_image(data, str(path))
     if data.startswith(_PNG_SIGNATURE) and image.format == "PNG":
         return data

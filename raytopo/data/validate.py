@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from raytopo.data.arrays import check_image_array, load_labels, load_npy
-from raytopo.data.folder import check_count_limit, open_image, scan_folder
+from raytopo.data.folder import check_count_limit, open_image_file, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import InputError
 from raytopo.progress import progress
@@ -26,11 +26,7 @@ def check_image_folder(root: str | Path, convention: LabelConvention | str, coun
     """Every file name parses, no count exceeds ``count_limit``, every image decodes; returns the image count."""
     index = scan_folder(root, convention, count_limit=count_limit)
     for path in progress(index.files, f"checking {root}"):
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise InputError(f"{path}: expected a readable image file ({error.strerror})") from None
-        open_image(data, str(path))
+        open_image_file(path)
     return len(index.files)
 
 
