@@ -55,9 +55,7 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, ema: torch.nn
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    state: dict[str, Any] = {"step": int(step), "family": config.get("family")}
-    if stage or structure:
-        state.update(stage=int(stage), structure=structure or {})
+    state = _state(step, config.get("family"), stage, structure)
     try:
         weights = _plain_state(model)
         torch.save(weights, staging / "model.pt")
@@ -128,10 +126,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, dtype: torch.dtype =
     try:
         weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in data.ema.items()}
         torch.save(weights, staging / "ema.pt")
-        state = {"step": data.step, "family": data.family}
-        if data.structure:
-            state["structure"] = data.structure
-        (staging / "state.json").write_text(json.dumps(state))
+        (staging / "state.json").write_text(json.dumps(_state(data.step, data.family, 0, data.structure)))
         (staging / "config.json").write_text(json.dumps(data.config, indent=2))
         staging.rename(target)
     except BaseException:
@@ -157,10 +152,23 @@ def _differing(ema: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> 
     return {key: value for key, value in ema.items() if key not in model or not torch.equal(value, model[key])}
 
 
+def _state(step: int, family: Any, stage: int, structure: dict[str, Any] | None) -> dict[str, Any]:
+    """``state.json``: step and family, plus stage and structure only when a staged or growing model has them."""
+    state: dict[str, Any] = {"step": int(step), "family": family}
+    if stage or structure:
+        state.update(stage=int(stage), structure=structure or {})
+    return state
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper, if Ray's prepare_model added one (the model itself otherwise)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
 def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU state dict without DDP's ``module.`` prefix."""
-    inner = module.module if hasattr(module, "module") and isinstance(module.module, torch.nn.Module) else module
-    return {key: value.detach().cpu() for key, value in inner.state_dict().items()}
+    return {key: value.detach().cpu() for key, value in unwrap(module).state_dict().items()}
 
 
 def find_latest_checkpoint(root: str | Path) -> Path | None:

@@ -24,7 +24,7 @@ from raytopo.families.base import Stage, StepContext, stage_index_at
 from raytopo.families.sampling import SamplerSettings
 from raytopo.models.ema import make_ema, update_ema
 from raytopo.registry import get_family
-from raytopo.train.checkpoint import CheckpointData, load_checkpoint, save_checkpoint
+from raytopo.train.checkpoint import CheckpointData, load_checkpoint, save_checkpoint, unwrap
 from raytopo.train.config import RunConfig, parse_run_config
 from raytopo.train.data import batch_iterator
 from raytopo.train.logging import RunLogger
@@ -71,8 +71,8 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
                        run.train.batch_size * world, enabled=rank == 0)
     try:
         for step in range(start, run.train.steps):
-            if stage_index_at(stages, step) != stage_index:
-                stage_index = stage_index_at(stages, step)
+            if (index := stage_index_at(stages, step)) != stage_index:
+                stage_index = index
                 stage_batches = batch_iterator(run.data, run.train.batch_size, rank, world,
                                                step_seed(run.train.seed, rank, step), step, device)
                 model, ema, optimizer = enter_stage(family, model, ema, run, stages[stage_index], stage_batches,
@@ -86,13 +86,15 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
             update_ema(ema, model, run.train.ema_rate_at(step))
             done = step + 1
             _maybe_sample(family, ema, run, logger, done)
-            evaluation = _maybe_evaluate(family, ema, run, logger, done)
             eval_due = bool(run.train.eval_every) and done % run.train.eval_every == 0
+            evaluation = _evaluate(family, ema, run, logger, done) if eval_due else {}
             checkpoint_due = done % run.train.checkpoint_every == 0 or done == run.train.steps
             if eval_due or checkpoint_due or done % run.train.log_every == 0:  # the same steps on every rank
                 values = logger.scalars(done, metrics, run.train.lr_at(step))
-                saved = SavedState(model, ema, optimizer, stage_index, family.structure(unwrap(model)))
-                _report({**values, **evaluation, "step": done}, saved, run, rank, checkpoint_due)
+                saved = None  # rank 0 attaches a checkpoint when one is due
+                if checkpoint_due and rank == 0:
+                    saved = SavedState(model, ema, optimizer, stage_index, family.structure(unwrap(model)))
+                _report({**values, **evaluation, "step": done}, saved, run, rank)
     finally:
         logger.close()
         if rank == 0:
@@ -133,12 +135,6 @@ def enter_stage(family, model: torch.nn.Module, ema: torch.nn.Module, run: RunCo
     model = ray.train.torch.prepare_model(inner, parallel_strategy=None)
     broadcast_parameters(model)
     return model, ema, optimizer
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper, if Ray's prepare_model added one (the model itself otherwise)."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def make_optimizer(family, model: torch.nn.Module, run: RunConfig, stage: Stage | None = None) -> torch.optim.Optimizer:
@@ -237,8 +233,8 @@ def _checkpoint_to_resume(plain_config: dict[str, Any]) -> CheckpointData | None
     return load_checkpoint(resume_from) if resume_from else None
 
 
-def _report(metrics: dict[str, float], saved: SavedState, run: RunConfig, rank: int, with_checkpoint: bool) -> None:
-    """Report on every rank; rank 0 attaches a checkpoint when one is due.
+def _report(metrics: dict[str, float], saved: SavedState | None, run: RunConfig, rank: int) -> None:
+    """Report on every rank; rank 0 attaches a checkpoint when one is due (``saved`` is given then).
 
     Ray Train copies a reported checkpoint into its storage, so rank 0 writes it to a temporary directory.
     In local mode (``ray.num_workers: 0``) Ray keeps no copy, so the checkpoint is written straight into
@@ -246,7 +242,7 @@ def _report(metrics: dict[str, float], saved: SavedState, run: RunConfig, rank: 
     """
     import ray.train
 
-    if not (with_checkpoint and rank == 0):
+    if saved is None:
         ray.train.report(metrics)
         return
     step = int(metrics["step"])
@@ -284,11 +280,10 @@ def _maybe_sample(family, ema, run: RunConfig, logger: RunLogger, done: int) -> 
         logger.images(done, name, images, captions)
 
 
-def _maybe_evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -> dict[str, float]:
-    """Every ``train.eval_every`` steps on rank 0: the family's evaluation of the EMA model, logged to TensorBoard
-    and returned as ``eval/<name>`` (reported with that step, so Tune and studies see the curve); else ``{}``."""
-    every = run.train.eval_every
-    if not logger.enabled or not every or done % every:
+def _evaluate(family, ema, run: RunConfig, logger: RunLogger, done: int) -> dict[str, float]:
+    """On rank 0 (the logging rank): the family's evaluation of the EMA model, logged to TensorBoard and returned as
+    ``eval/<name>`` (reported with that step, so Tune and studies see the curve); ``{}`` on other ranks."""
+    if not logger.enabled:
         return {}
     settings = SamplerSettings(steps=run.train.sample_steps)
     with torch.no_grad():
