@@ -12,29 +12,22 @@ import pytest
 from raytopo.errors import ConfigError
 from raytopo.tune.study import TrialOutcome, csv_text, markdown, parse_study, run_study, summary_rows, write_study
 
-from tune_helpers import tiny_base
+from tune_helpers import tiny_space
 
 T_975_2 = 4.302652729911275   # Student's t quantile 0.975, 2 degrees of freedom
 
 
 def _study_data(storage: Path, **changes) -> dict:
-    base = tiny_base(storage)
-    base["train"].update(eval_every=2, eval_per_count=1, sample_steps=4, sample_every=4)
-    data = {
-        "name": "tiny_study",
-        "base": base,
-        "variants": {"plain": {"model.topo.weight": 0.0}, "topo": {}},
-        "seeds": [0, 1],
-        "metrics": ["dim0_conn4_accuracy", "mse"],
-        "curves": ["eval/dim0_conn4_accuracy"],
-        "at_steps": [2, 4],
-        "grids_at": 4,
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "persistence_actors": 1, "cpus_per_actor": 0.25,
-                      "driver_cpus": 0.25},
-        "sample": {"name": "ddim", "steps": 4},
-        "eval": {"per_count": 1, "batch_size": 8},
-        "storage_path": str(storage / "studies"),
-    }
+    """The tiny sweep of the Tune tests (same base, resources, sampler and evaluation) as a study: no searched
+    params, two variants x two seeds, evaluation every 2 steps for the curves, preview grids at step 4."""
+    data = tiny_space(storage, name="tiny_study", sample={"name": "ddim", "steps": 4},
+                      storage_path=str(storage / "studies"))
+    for key in ("params", "metric", "mode", "scheduler", "num_samples"):
+        del data[key]
+    data["base"]["train"].update(eval_every=2, eval_per_count=1, sample_steps=4, sample_every=4)
+    data.update(variants={"plain": {"model.topo.weight": 0.0}, "topo": {}}, seeds=[0, 1],
+                metrics=["dim0_conn4_accuracy", "mse"], curves=["eval/dim0_conn4_accuracy"], at_steps=[2, 4],
+                grids_at=4)
     data.update(changes)
     return data
 
