@@ -74,6 +74,7 @@ def equivariance(args: argparse.Namespace) -> None:
 def equal_wall_time(study, trials, costs: dict[str, float]) -> str:
     """Per variant: the steps it makes in plain's time for the full budget, and its mmd there (mean +- std)."""
     from raytopo.eval.statistics import summarise
+    from raytopo.tune.study import curve
 
     budget = max(study.at_steps)
     lines = ["| variant | train ms/step | x plain | steps in plain's time | mmd there (mean +- std over seeds) |",
@@ -85,8 +86,8 @@ def equal_wall_time(study, trials, costs: dict[str, float]) -> str:
         for trial in trials:
             if trial.variant != variant or trial.status != "done":
                 continue
-            curve = sorted({int(r["step"]): r["eval/mmd"] for r in trial.history if "eval/mmd" in r}.items())
-            xs, ys = [s for s, _ in curve], [v for _, v in curve]
+            points = sorted(curve(trial.history, "eval/mmd").items())
+            xs, ys = [s for s, _ in points], [v for _, v in points]
             if xs and xs[0] <= steps:
                 values.append(float(np.interp(steps, xs, ys)))
         summary = summarise(values)

@@ -170,12 +170,9 @@ def _is_number(value: Any) -> bool:
 # --- summarising ----------------------------------------------------------------------------------------------
 
 
-def value_at(history: list[dict[str, float]], name: str, step: int) -> float | None:
-    """``name`` as reported at training step ``step`` (None if it was not reported there)."""
-    for record in history:
-        if int(record.get("step", -1)) == step and name in record:
-            return record[name]
-    return None
+def curve(history: list[dict[str, float]], name: str) -> dict[int, float]:
+    """step -> ``name`` over a trial's reported history (the final report repeats the last step's values)."""
+    return {int(record["step"]): record[name] for record in history if name in record and "step" in record}
 
 
 def per_seed(trials: list[TrialOutcome], study: Study, variant: str, name: str,
@@ -185,7 +182,7 @@ def per_seed(trials: list[TrialOutcome], study: Study, variant: str, name: str,
     for trial in trials:
         if trial.variant != variant or trial.status != "done":
             continue
-        value = trial.final.get(name) if step is None else value_at(trial.history, name, step)
+        value = trial.final.get(name) if step is None else curve(trial.history, name).get(step)
         if value is not None:
             values[trial.seed] = value
     return values
@@ -272,8 +269,7 @@ def plot_curves(trials: list[TrialOutcome], study: Study, path: Path) -> Path | 
     figure, axes = plt.subplots(1, len(study.curves), figsize=(5 * len(study.curves), 3.6), squeeze=False)
     for axis, name in zip(axes[0], study.curves):
         for variant in study.variants:
-            runs = [{int(r["step"]): r[name] for r in t.history if name in r and "step" in r}
-                    for t in trials if t.variant == variant and t.status == "done"]
+            runs = [curve(t.history, name) for t in trials if t.variant == variant and t.status == "done"]
             steps = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
             if not steps:
                 continue
