@@ -110,7 +110,7 @@ def train(config: dict, folder: Path) -> tuple[Path, float]:
     """Train with the production trainer into a fresh ``folder``; (final checkpoint, seconds)."""
     import shutil
 
-    from raytopo.train.checkpoint import find_latest_checkpoint
+    from raytopo.checkpoint import find_latest_checkpoint
     from raytopo.train.config import parse_run_config
     from raytopo.train.trainer import run_training
 

@@ -26,7 +26,7 @@ from _timing import print_table  # noqa: E402
 
 def resolve_checkpoint(location: str) -> str | Path:
     """A checkpoint directory for ``location``: itself, ``pretrained:<name>``, or a run folder's newest checkpoint."""
-    from raytopo.train.checkpoint import find_latest_checkpoint
+    from raytopo.checkpoint import find_latest_checkpoint
 
     path = Path(location)
     if location.startswith("pretrained:") or (path / "config.json").exists():

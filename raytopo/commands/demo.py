@@ -116,7 +116,7 @@ def run_demo(args: DemoArgs) -> int:
     if args.from_scratch:
         base = str(timings.run("train the ADM-T base from scratch", _train, base_config(out)))
         if args.export_base:
-            from raytopo.train.checkpoint import export_weights
+            from raytopo.checkpoint import export_weights
 
             _say(f"exported the base to {export_weights(base, args.export_base)}")
     else:

@@ -1,6 +1,6 @@
 """Small models that raytopo trained itself and ships inside the package.
 
-A shipped model is a weights-only checkpoint directory (``raytopo.train.checkpoint``): ``ema.pt`` (the EMA
+A shipped model is a weights-only checkpoint directory (``raytopo.checkpoint``): ``ema.pt`` (the EMA
 weights, stored as float16 to keep the package small; they load into float32 models), ``config.json`` (the run
 config that trained it) and ``state.json`` (its step count). Anything that takes a checkpoint directory takes
 ``pretrained:<name>`` for one of them: ``init_from``, ``raytopo sample``, ``raytopo score``.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raytopo.train.checkpoint import load_checkpoint
+from raytopo.checkpoint import load_checkpoint
 
 
 def load_model_for_sampling(checkpoint: Path):

@@ -24,7 +24,7 @@ from raytopo.families.base import Stage, StepContext, stage_index_at
 from raytopo.families.sampling import SamplerSettings
 from raytopo.models.ema import make_ema, update_ema
 from raytopo.registry import get_family
-from raytopo.train.checkpoint import CheckpointData, load_checkpoint, save_checkpoint, unwrap
+from raytopo.checkpoint import CheckpointData, load_checkpoint, save_checkpoint, unwrap
 from raytopo.train.config import RunConfig, parse_run_config
 from raytopo.train.data import batch_iterator
 from raytopo.train.logging import RunLogger

@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from raytopo.train.checkpoint import find_latest_checkpoint
+from raytopo.checkpoint import find_latest_checkpoint
 
 
 def is_uri(path: str) -> bool:

@@ -96,7 +96,7 @@ def checkpoint_to_resume(run: RunConfig, resume: bool) -> Path | None:
     checkpoint = latest_checkpoint(run.ray.storage_path, run.ray.name)
     if checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint of run {run.ray.name!r} under {run.location}")
-    from raytopo.train.checkpoint import load_checkpoint_config
+    from raytopo.checkpoint import load_checkpoint_config
     from raytopo.train.config import parse_run_config
 
     saved = parse_run_config(load_checkpoint_config(checkpoint)).to_plain()  # defaults of newer fields filled in

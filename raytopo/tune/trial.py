@@ -24,7 +24,7 @@ def run_trial(config: dict[str, Any], space: TuneSpace) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytopo.train.checkpoint import find_latest_checkpoint
+    from raytopo.checkpoint import find_latest_checkpoint
     from raytopo.train.trainer import build_trainer
 
     trial_dir = Path(ray.tune.get_context().get_trial_dir())

@@ -17,7 +17,7 @@ from raytopo.commands.demo import BASE_NAME, DemoArgs, base_config, finetune_con
 from raytopo.errors import InputError
 from raytopo.pretrained import available, resolve
 from raytopo.registry import get_family
-from raytopo.train.checkpoint import export_weights, load_checkpoint
+from raytopo.checkpoint import export_weights, load_checkpoint
 from raytopo.train.config import parse_run_config
 
 SHIPPED = f"pretrained:{BASE_NAME}"

@@ -67,7 +67,7 @@ def test_train_sample_evaluate_as_three_jobs_with_relative_paths(tmp_path: Path)
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    from raytopo.train.checkpoint import load_checkpoint
+    from raytopo.checkpoint import load_checkpoint
 
     token = secrets.token_hex(32)
     token_file = tmp_path / "auth_token"

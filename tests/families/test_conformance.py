@@ -19,7 +19,7 @@ from raytopo.families.sampling import SamplerSettings
 from raytopo.models.ema import make_ema, update_ema
 from raytopo.parallel.pool import PersistencePool, PoolConfig
 from raytopo.registry import family_names, get_family
-from raytopo.train.checkpoint import load_checkpoint, save_checkpoint
+from raytopo.checkpoint import load_checkpoint, save_checkpoint
 from raytopo.train.config import parse_run_config
 from raytopo.train.loop import make_optimizer
 from raytopo.train.step import train_step

@@ -245,7 +245,7 @@ def test_class_conditional_model_trains_on_labelled_npy_and_samples_per_class(tm
 
 
 def test_training_through_the_trainer_lowers_the_loss_and_checkpoints_the_target(ray_local, tmp_path):
-    from raytopo.train.checkpoint import load_checkpoint
+    from raytopo.checkpoint import load_checkpoint
     from raytopo.train.trainer import run_training
 
     run = parse_run_config(config(tmp_path, mechanism="none", regulariser={"weight": 1.0}))

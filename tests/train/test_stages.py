@@ -21,7 +21,7 @@ from torch import nn
 from raytopo import registry
 from raytopo.errors import ConfigError
 from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext
-from raytopo.train.checkpoint import load_checkpoint
+from raytopo.checkpoint import load_checkpoint
 from raytopo.train.config import parse_run_config
 from raytopo.train.loading import load_model_for_sampling
 from raytopo.train.trainer import run_training

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raytopo.train.checkpoint import load_checkpoint
+from raytopo.checkpoint import load_checkpoint
 from raytopo.train.config import parse_run_config
 from raytopo.train.trainer import run_training
 

@@ -17,7 +17,7 @@ import yaml
 from raytopo import cli
 from raytopo.errors import ConfigError, InputError
 from raytopo.registry import get_family
-from raytopo.train.checkpoint import save_checkpoint
+from raytopo.checkpoint import save_checkpoint
 from raytopo.train.config import load_run_config, parse_run_config
 from raytopo.models.ema import make_ema
 from raytopo.train.loop import check_init_from

@@ -17,7 +17,7 @@ import torch
 
 import raytopo.train.loop as loop
 from raytopo.registry import get_family
-from raytopo.train.checkpoint import load_checkpoint
+from raytopo.checkpoint import load_checkpoint
 from raytopo.train.config import parse_run_config
 from raytopo.train.loop import initialise_from  # the real one (tests below spy on loop.initialise_from)
 from raytopo.train.trainer import requested_cpus, run_training

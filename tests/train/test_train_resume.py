@@ -20,7 +20,7 @@ import torch
 
 import raytopo.train.data as train_data
 import raytopo.train.loop as loop
-from raytopo.train.checkpoint import CheckpointData, load_checkpoint
+from raytopo.checkpoint import CheckpointData, load_checkpoint
 from raytopo.train.config import parse_run_config
 from raytopo.train.trainer import run_training
 
