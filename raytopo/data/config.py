@@ -18,6 +18,8 @@ class DataConfig:
     * ``shapes``: masks with exact component/hole counts (TDN; ``shapes_dim``, ``min_count``, ``max_count``);
     * ``glyphs``: asymmetric glyphs whose distribution is invariant under ``group`` (equivariant diffusion);
     * ``garments``: FashionMNIST-like grey images in 10 classes (TopoVAE);
+    * ``objects``: RGB textured objects on a textured background (``channels: 3``), with exact masks (the
+      ``shapes`` masks of the same settings), their ``counts`` and 4 classes (latent diffusion, ControlNet);
     * ``folder``: an image folder, labelled by file name (``convention``; ``none`` = unlabelled);
     * ``class_folder``: ``path/<class>/*.png``, class labels from the sub-folders (sorted names);
     * ``image_mask``: ``path/images`` + ``path/masks`` pairs, masks resized nearest-neighbour, in {-1, 1};
@@ -73,7 +75,33 @@ class DataConfig:
         return classes == "always" or (classes == "with_labels_path" and bool(self.labels_path))
 
     @property
+    def has_masks(self) -> bool:
+        """Whether batches carry a ``mask`` float32 ``[B, 1, S, S]`` in {-1, 1} (what mask-conditioned families
+        need)."""
+        masks = get_source(self.source).masks
+        if masks == "by_pack":  # a pack of image + mask pairs fills its mask column
+            return _pack_has_masks(self.path)
+        return masks == "always"
+
+    @property
     def has_counts(self) -> bool:
         """Whether batches carry topological ``counts`` (what count-conditioned families need)."""
         counts = get_source(self.source).counts
         return counts == "always" or (counts == "by_convention" and self.convention in COUNT_CONVENTIONS)
+
+
+def _pack_has_masks(path: str | None) -> bool:
+    """Whether a parquet pack's rows carry masks (``--layout image_mask``): its first row has a ``mask`` value
+    (a layout fills a column in every row or in none)."""
+    import pyarrow.parquet as pq
+
+    from raytopo.data.parquet import read_pack_info
+
+    info = read_pack_info(path)
+    if "mask" not in info.columns:   # format 1 packs have no mask column
+        return False
+    shard = pq.ParquetFile(info.shards[0])
+    if shard.metadata.num_row_groups == 0:
+        return False
+    first = shard.read_row_group(0, columns=["mask"]).column("mask")
+    return len(first) > 0 and first[0].is_valid

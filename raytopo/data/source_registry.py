@@ -3,7 +3,9 @@
 A source names, as ``"module:function"`` strings resolved on first use (so this module imports nothing heavy and
 no import circle forms), the function that loads a whole in-memory set from a `DataConfig` (``None`` for
 sources streamed by Ray Data) and the function that checks the source completely on the driver before any Ray
-worker starts. ``generated`` sources are made in memory from ``data.seed`` and need no ``data.path``.
+worker starts. ``generated`` sources are made in memory from ``data.seed`` and need no ``data.path``. What a
+source's batches carry (``counts``, class ``label`` s, ``mask`` s) is declared here too, so the trainer asks the
+`DataConfig` (``has_counts``, ``has_classes``, ``has_masks``), never a list of source names.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Source:
     dataset: str | None = None  # streamed sources: "module:function": DataConfig -> ray.data.Dataset
     counts: Literal["never", "always", "by_convention"] = "never"   # whether batches carry topological counts
     classes: Literal["never", "always", "with_labels_path", "by_pack"] = "never"  # whether batches carry labels
+    masks: Literal["never", "always", "by_pack"] = "never"     # whether batches carry a mask [B, 1, S, S] in {-1, 1}
+    class_names: str | None = None  # "module:function": DataConfig -> class names by label index (() if unnamed)
 
     @property
     def streamed(self) -> bool:
@@ -64,15 +68,22 @@ register_source("shapes", Source(f"{_LOADERS}:shapes_arrays", f"{_LOADERS}:check
 register_source("glyphs", Source(f"{_LOADERS}:glyph_arrays", f"{_LOADERS}:check_nothing", generated=True,
                                  description="glyphs whose distribution is invariant under data.group"))
 register_source("garments", Source(f"{_LOADERS}:garment_arrays", f"{_LOADERS}:check_nothing", generated=True,
-                                   classes="always", description="FashionMNIST-like images in 10 classes"))
+                                   classes="always", class_names=f"{_LOADERS}:garment_class_names",
+                                   description="FashionMNIST-like images in 10 classes"))
+register_source("objects", Source(f"{_LOADERS}:objects_arrays", f"{_LOADERS}:check_objects", generated=True,
+                                  counts="always", classes="always", masks="always",
+                                  class_names=f"{_LOADERS}:object_class_names",
+                                  description="RGB textured objects on a textured background, exact masks and classes"))
 register_source("folder", Source(f"{_LOADERS}:folder_arrays", f"{_LOADERS}:check_folder", counts="by_convention",
                                  description="images labelled by file name"))
 register_source("class_folder", Source(f"{_LOADERS}:class_folder_arrays", f"{_LOADERS}:check_class_folder",
-                                       classes="always", description="root/<class>/*.png, classes in sorted name order"))
-register_source("image_mask", Source(f"{_LOADERS}:image_mask_arrays", f"{_LOADERS}:check_image_mask",
+                                       classes="always", class_names=f"{_LOADERS}:class_folder_class_names",
+                                       description="root/<class>/*.png, classes in sorted name order"))
+register_source("image_mask", Source(f"{_LOADERS}:image_mask_arrays", f"{_LOADERS}:check_image_mask", masks="always",
                                      description="root/images + root/masks pairs (same stem or prefix_X)"))
 register_source("npy", Source(f"{_LOADERS}:npy_arrays", f"{_LOADERS}:check_npy", classes="with_labels_path",
                               description="one .npy image array, optional labels_path"))
 register_source("parquet", Source(None, f"{_LOADERS}:check_parquet", dataset="raytopo.data.parquet:training_dataset",
-                                  counts="by_convention", classes="by_pack",
+                                  counts="by_convention", classes="by_pack", masks="by_pack",
+                                  class_names=f"{_LOADERS}:parquet_class_names",
                                   description="shards of raytopo data pack, streamed by Ray Data"))

@@ -1,9 +1,9 @@
 """Every in-memory data source as arrays, and the driver-side check of every source (no Ray here).
 
 `in_memory_arrays` builds a whole (small) training set: ``image`` float32 ``[N, C, H, W]`` in [-1, 1] plus its
-labels (``counts``, ``object``, ``label``). Generated sources (``shapes``, ``glyphs``, ``garments``) are
-deterministic in the seed; ``folder`` and ``npy`` read files. `check_data_source` checks any source completely
-before a Ray worker starts (`raytopo.data.validate`).
+labels (``counts``, ``object``, ``label``, ``mask``). Generated sources (``shapes``, ``glyphs``, ``garments``,
+``objects``) are deterministic in the seed; ``folder`` and ``npy`` read files. `check_data_source` checks any source
+completely before a Ray worker starts (`raytopo.data.validate`); `class_names` names a source's classes.
 """
 
 from __future__ import annotations
@@ -77,6 +77,41 @@ def check_data_source(data: DataConfig) -> None:
     resolve(get_source(data.source).check)(data)
 
 
+def class_names(data: DataConfig) -> tuple[str, ...] | None:
+    """The names of the classes, by ``label`` index, of a class-labelled source; None when it names none
+    (no classes, or ``npy`` labels that are only integers)."""
+    reference = get_source(data.source).class_names
+    names = tuple(resolve(reference)(data)) if reference else ()
+    return names or None
+
+
+# --- the built-in sources' class names ---------------------------------------------------------------------------
+
+
+def object_class_names(data: DataConfig) -> tuple[str, ...]:
+    from raytopo.data.objects import OBJECT_CLASSES
+
+    return OBJECT_CLASSES
+
+
+def garment_class_names(data: DataConfig) -> tuple[str, ...]:
+    from raytopo.data.garments import GARMENT_CLASSES
+
+    return GARMENT_CLASSES
+
+
+def class_folder_class_names(data: DataConfig) -> tuple[str, ...]:
+    from raytopo.data.layouts import scan_class_folders
+
+    return scan_class_folders(data.path).class_names
+
+
+def parquet_class_names(data: DataConfig) -> tuple[str, ...]:
+    from raytopo.data.parquet import read_pack_info
+
+    return read_pack_info(data.path).class_names
+
+
 # --- the built-in sources' checks (registered in raytopo.data.source_registry) --------------------------------
 
 
@@ -87,7 +122,18 @@ def check_shapes(data: DataConfig) -> None:
     try:
         check_capacity(_shapes_config(data))
     except ConfigError as error:
-        raise ConfigError(f"data (source shapes, image_size {data.image_size}): {error}") from None
+        raise ConfigError(f"data (source {data.source}, image_size {data.image_size}): {error}") from None
+
+
+def check_objects(data: DataConfig) -> None:
+    """RGB channels, and the image can hold ``max_count`` objects (the Shapes capacity check)."""
+    _check_rgb(data, "objects")
+    check_shapes(data)
+
+
+def _check_rgb(data: DataConfig, source: str) -> None:
+    if data.channels != 3:
+        raise ConfigError(f"data.channels: source {source!r} is RGB; expected 3, got {data.channels}")
 
 
 def check_nothing(data: DataConfig) -> None:
@@ -144,6 +190,19 @@ def shapes_arrays(data: DataConfig) -> dict[str, np.ndarray]:
         masks.append(mask)
         counts.append(label)
     return {"image": _scaled(np.stack(masks), data.channels), "counts": np.asarray(counts, dtype=np.float32)}
+
+
+def objects_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    """``image`` float32 [N, 3, S, S] in [-1, 1], ``label`` int64 [N], ``mask`` float32 [N, 1, S, S] in {-1, 1}
+    (exactly the ``shapes`` source's masks) and ``counts`` float32 [N, k] (as ``shapes_arrays`` gives them)."""
+    from raytopo.data.objects import object_images
+
+    _check_rgb(data, "objects")
+    made = object_images(_shapes_config(data), data.num_images)
+    return {"image": made["image"].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0,
+            "label": made["label"].astype(np.int64),
+            "mask": np.where(made["mask"][:, None] > 0, 1.0, -1.0).astype(np.float32),
+            "counts": made["counts"].astype(np.float32)}
 
 
 def glyph_arrays(data: DataConfig) -> dict[str, np.ndarray]:

@@ -58,7 +58,7 @@ def test_a_registered_source_is_a_valid_data_source_everywhere(monkeypatch):
     from raytopo.data.sources import check_data_source
     from raytopo.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="expected one of class_folder, folder, garments, glyphs, image_mask, npy, parquet, shapes"):
+    with pytest.raises(ConfigError, match="expected one of class_folder, folder, garments, glyphs, image_mask, npy, objects, parquet, shapes"):
         DataConfig(source="stripes")
     monkeypatch.setattr(source_registry, "_SOURCES", dict(source_registry._SOURCES))
     register_source("stripes", Source(f"{__name__}:stripes_arrays", f"{__name__}:check_stripes", generated=True))
