@@ -301,7 +301,7 @@ def test_karras_sigmas_follow_eq_5():
 def tdn_checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny TDN checkpoint written directly (no training, no Ray)."""
     from raytopo.registry import get_family
-    from raytopo.train.checkpoint import save_checkpoint
+    from raytopo.checkpoint import save_checkpoint
     from raytopo.train.config import parse_run_config
 
     root = tmp_path_factory.mktemp("tdn")
