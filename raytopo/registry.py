@@ -43,3 +43,5 @@ register("adm_t", _lazy("raytopo.families.tdn", "TDNFamily", name="adm_t", condi
 register("tdn", _lazy("raytopo.families.tdn", "TDNFamily", name="tdn", conditioned=True, topology=True))
 register("equivariant", _lazy("raytopo.families.equivariant", "EquivariantFamily"))
 register("topovae", _lazy("raytopo.families.topovae", "TopoVAEFamily"))
+register("ldm", _lazy("raytopo.families.latent", "LatentDiffusionFamily"))
+register("controlnet", _lazy("raytopo.families.controlnet", "ControlNetFamily"))

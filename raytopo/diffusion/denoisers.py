@@ -33,8 +33,9 @@ class DiscreteVPDenoiser:
     """
 
     def __init__(self, model: Callable[..., Tensor], diffusion: GaussianDiffusion,
-                 model_kwargs: Mapping[str, Any] | None = None, clip: bool = True) -> None:
+                 model_kwargs: Mapping[str, Any] | None = None, clip: bool = True, offset: int = 0) -> None:
         self.model = model
+        self.offset = offset
         self.diffusion = diffusion
         self.model_kwargs = dict(model_kwargs or {})
         self.clip = bool(clip)
@@ -49,8 +50,9 @@ class DiscreteVPDenoiser:
         return float(self.sigma_table.max())
 
     def sigmas(self, steps: int) -> Tensor:
-        """The diffusion's own sigmas at ``min(steps, num_timesteps)`` evenly strided steps (`vp_sigmas`), then 0."""
-        return vp_sigmas(self.diffusion.alphas_cumprod, min(steps, self.diffusion.num_timesteps))
+        """The diffusion's own sigmas at ``min(steps, num_timesteps)`` evenly strided steps shifted by ``offset``
+        (`vp_sigmas`), then 0."""
+        return vp_sigmas(self.diffusion.alphas_cumprod, min(steps, self.diffusion.num_timesteps), self.offset)
 
     def timesteps(self, sigma: Tensor) -> Tensor:
         """The diffusion step index used for each sigma (nearest in log sigma)."""

@@ -105,13 +105,16 @@ def vp_timesteps(num_steps: int, steps: int) -> list[int]:
     return space_timesteps(num_steps, spec)
 
 
-def vp_sigmas(alphas_cumprod: Sequence[float] | np.ndarray | Tensor, steps: int) -> Tensor:
+def vp_sigmas(alphas_cumprod: Sequence[float] | np.ndarray | Tensor, steps: int, offset: int = 0) -> Tensor:
     """The sigmas of a discrete VP process at the `vp_timesteps` of a ``steps``-step sampler: descending, 0 appended.
 
     On this grid DDIM/DDPM over ``DiscreteVPDenoiser`` equal GaussianDiffusion's loops respaced the same way.
+    ``offset`` shifts every visited step (capped at the last one): diffusers' ``steps_offset=1`` gives the
+    latent-diffusion reference's DDIM-50 grid 981, 961, ..., 1 instead of 980, ..., 0.
     """
     table = vp_sigma_table(alphas_cumprod)
-    kept = torch.tensor(vp_timesteps(len(table), steps), dtype=torch.long)
+    visited = [min(t + offset, len(table) - 1) for t in vp_timesteps(len(table), steps)]
+    kept = torch.tensor(sorted(set(visited)), dtype=torch.long)
     return torch.cat([table[kept].flip(0), table.new_zeros(1)])
 
 

@@ -28,8 +28,9 @@ commands, Tune and the demo talk to it only through the hooks of :class:`Family`
   work still running elsewhere (for TDN, persistence diagrams on Ray actors), resolved as late as possible so
   other micro-batches' forward and backward passes overlap with it;
 * ``sampling_conditions(run)``: what a sample is conditioned on, one of :data:`CONDITIONS` (``counts``: target
-  topological counts; ``classes``: class labels; ``none``); `raytopo sample` asks this, never the data config;
-* ``default_conditions(run, per_count) -> {"counts" | "label": Tensor}``: every condition the model was trained
+  topological counts; ``classes``: class labels; ``masks``: a mask to follow, plus an optional class label;
+  ``none``); `raytopo sample` asks this, never the data config;
+* ``default_conditions(run, per_count) -> {"counts" | "label" | "mask": Tensor}``: every condition the model was trained
   on, ``per_count`` times each (``{}`` for ``none``): what sampling and evaluation use when no target is given;
 * ``sample(model, run, n, cond, sampler) -> Tensor``: images in [-1, 1] (``run``: the RunConfig it was trained with);
 * ``preview(model, run) -> {name: (images, captions | None)}``: the image grids the trainer logs every
@@ -161,7 +162,7 @@ class StepContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-CONDITIONS = ("counts", "classes", "none")
+CONDITIONS = ("counts", "classes", "masks", "none")
 
 
 class Family(Protocol):

@@ -32,7 +32,12 @@ class SamplerSettings:
     * ``schedule``: ``default`` is the denoiser's natural grid (for discrete VP models the evenly strided steps
       of DDIM respacing); ``karras`` is Karras et al. 2022 eq. 5 between the denoiser's sigma_min and sigma_max
       with exponent ``rho``.
-    * ``clip``: clamp x0 estimates to [-1, 1] (applied by the family's denoiser).
+    * ``clip``: clamp x0 estimates to [-1, 1] (applied by the family's denoiser; latent families never clip
+      latents).
+    * ``guidance``: the classifier-free guidance scale s of families trained with label drop (``ldm``,
+      ``controlnet``): eps = eps_u + s (eps_c - eps_u); None: the model's own ``model.guidance``. Other
+      families ignore it.
+    * ``conditioning_scale``: the ControlNet residuals' factor (``controlnet``; None: ``model.conditioning_scale``).
     """
 
     name: str = "ddim"
@@ -42,6 +47,8 @@ class SamplerSettings:
     clip: bool = True
     schedule: Literal["default", "karras"] = "default"
     rho: float = 7.0
+    guidance: float | None = None
+    conditioning_scale: float | None = None
 
     def __post_init__(self) -> None:
         check_sampler_name(self.name, "sampler name")
@@ -54,6 +61,10 @@ class SamplerSettings:
             raise ConfigError(f"sampler schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not self.rho > 0:
             raise ConfigError(f"sampler rho: expected a number > 0, got {self.rho!r}")
+        for name in ("guidance", "conditioning_scale"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ConfigError(f"sampler {name}: expected a number >= 0 or null, got {value!r}")
 
 
 class ScheduledDenoiser(Protocol):
