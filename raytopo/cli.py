@@ -87,7 +87,22 @@ def _sample(args: argparse.Namespace) -> int:
     from raytopo.commands.sample import SampleArgs, run_sample
 
     return run_sample(SampleArgs(args.checkpoint, args.counts, args.per_count, args.out, args.sampler, args.steps,
-                                 args.eta, args.seed, args.batch_size, args.schedule, args.rho, args.overwrite))
+                                 args.eta, args.seed, args.batch_size, args.schedule, args.rho, args.overwrite,
+                                 args.classes, args.masks, args.guidance, args.conditioning_scale))
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from raytopo.commands.pipeline import PipelineArgs, run_pipeline
+    from raytopo.commands.sample import sampler_settings
+
+    return run_pipeline(PipelineArgs(args.masks_from, args.controlnet, args.counts, args.per_count, args.out,
+                                     args.class_name, sampler_settings(args), args.batch_size, args.overwrite))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from raytopo.commands.export import ExportArgs, run_export
+
+    return run_export(ExportArgs(args.checkpoint, args.diffusers))
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -154,6 +169,10 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rho", type=float, default=7.0, help="karras schedule exponent (default 7)")
     parser.add_argument("--seed", type=_at_least(0), default=0)
     parser.add_argument("--batch-size", type=_at_least(1), default=16)
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="ldm/controlnet: classifier-free guidance scale s (default: the model's, 3)")
+    parser.add_argument("--conditioning-scale", type=float, default=None,
+                        help="controlnet: factor of the ControlNet residuals (default: the model's, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,8 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("checkpoint", type=Path, help="a checkpoint directory written by raytopo train")
     sample.add_argument("--counts", default=None,
                         help="count-conditioned families: target counts, e.g. 1,2,3 (or 2:1,3:0 for components:holes)")
+    sample.add_argument("--classes", default=None,
+                        help="class families: class names or indices to sample, e.g. red_stripes,blue_dots "
+                             "(default: every class; written to OUT/<class>/<class>_NNNN.png)")
+    sample.add_argument("--masks", type=Path, default=None,
+                        help="controlnet: a folder of masks to follow (default: held-out masks of its data)")
     sample.add_argument("--per-count", type=_at_least(1), default=4,
-                        help="samples per target count, or in total for families without counts (default 4)")
+                        help="samples per target count, class or mask, or in total for unconditional "
+                             "families (default 4)")
     _add_sampler_arguments(sample)
     sample.add_argument("--out", type=Path, required=True, help="output folder for the PNGs and grid.png")
     sample.add_argument("--overwrite", action="store_true",
@@ -218,6 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print JSON instead of one line per metric")
     score.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
     score.set_defaults(run=_score)
+
+    pipeline = commands.add_parser("pipeline", help="counts -> mask -> image: a count model's masks rendered by a "
+                                                     "ControlNet, with the topology of both stages")
+    pipeline.add_argument("--masks-from", type=Path, required=True, metavar="CHECKPOINT",
+                          help="a tdn or adm_t checkpoint that generates the masks")
+    pipeline.add_argument("--controlnet", type=Path, required=True, metavar="CHECKPOINT",
+                          help="a controlnet checkpoint that renders them")
+    pipeline.add_argument("--counts", required=True, help="target counts, e.g. 1,2,3 (or 2:1 components:holes)")
+    pipeline.add_argument("--per-count", type=_at_least(1), default=4, help="images per target count (default 4)")
+    pipeline.add_argument("--class", dest="class_name", default=None,
+                          help="render in this class of the ControlNet's data (default: any class)")
+    _add_sampler_arguments(pipeline)
+    pipeline.add_argument("--out", type=Path, required=True, help="output folder: masks/, images/, grid/, report.json")
+    pipeline.add_argument("--overwrite", action="store_true", help="replace an earlier pipeline's outputs in --out")
+    pipeline.set_defaults(run=_pipeline)
+
+    export = commands.add_parser("export", help="a latent-family checkpoint as diffusers directories")
+    export.add_argument("checkpoint", type=Path, help="an ldm or controlnet checkpoint directory")
+    export.add_argument("--diffusers", type=Path, required=True, metavar="DIR",
+                        help="new folder for vae/, unet/, controlnet/, scheduler/ and raytopo.json")
+    export.set_defaults(run=_export)
 
     data = commands.add_parser("data", help="make or pack datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -298,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The arguments naming what a command writes, or reads back from an earlier job (see raytopo/job_paths.py);
 # `train` and `tune` handle ray.storage_path / the space's storage_path where they read their configs.
-_JOB_PATH_ARGS = {"sample": ("checkpoint", "out"), "score": ("checkpoint", "out"), "evaluate": ("folder", "out"),
+_JOB_PATH_ARGS = {"sample": ("checkpoint", "out"), "pipeline": ("masks_from", "controlnet", "out"),
+                  "export": ("checkpoint", "diffusers"), "score": ("checkpoint", "out"), "evaluate": ("folder", "out"),
                   "tune": ("storage",), "study": ("storage",), "demo": ("out", "export_base"), "data": ("out",), "pointcloud": ("out",)}
 
 

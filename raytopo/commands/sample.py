@@ -32,6 +32,10 @@ class SampleArgs:
     schedule: str = "default"
     rho: float = 7.0
     overwrite: bool = False
+    classes: str | None = None          # class families: names (or indices) to sample, default all
+    masks: Path | None = None           # mask families: a folder of masks to follow, default held-out masks
+    guidance: float | None = None       # classifier-free guidance scale (default: the model's)
+    conditioning_scale: float | None = None
 
 
 def sampler_settings(args: Any) -> "SamplerSettings":
@@ -39,7 +43,8 @@ def sampler_settings(args: Any) -> "SamplerSettings":
     from raytopo.families.sampling import SamplerSettings
 
     return SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                           schedule=args.schedule, rho=args.rho)
+                           schedule=args.schedule, rho=args.rho, guidance=getattr(args, "guidance", None),
+                           conditioning_scale=getattr(args, "conditioning_scale", None))
 
 
 def parse_counts(text: str, counts_per_image: int) -> list[tuple[float, ...]]:
@@ -71,28 +76,102 @@ def run_sample(args: SampleArgs) -> int:
     use_free_cpus()
     family, run, model = load_model_for_sampling(args.checkpoint)
     conditions = family.sampling_conditions(run)
-    if conditions != "counts" and args.counts is not None:
-        raise InputError(f"--counts: family {run.family!r} is not conditioned on counts (it samples "
-                         f"{'per class' if conditions == 'classes' else 'unconditionally'}); leave --counts out")
+    _check_flags(args, conditions, run.family)
     if conditions == "counts":
-        if args.counts is None:
-            raise InputError(f"--counts: required for a model trained on counts (family {run.family!r})")
         counts_per_image = 2 if run.data.convention == "two_counts" else 1
         requested = parse_counts(args.counts, counts_per_image)
         warn_outside_training_range(requested, run.data.min_count, run.data.max_count)
         targets = [t for t in requested for _ in range(args.per_count)]
         cond = {"counts": torch.tensor(targets, dtype=torch.float32)}
+    elif conditions == "classes":
+        names = family.class_names(run) if hasattr(family, "class_names") else None
+        cond = class_conditions(family, run, args.per_count, args.classes, names)
+        targets = [(int(c),) for c in cond["label"].tolist()]
+    elif conditions == "masks":
+        cond = mask_conditions(family, run, args.per_count, args.masks)
+        targets = [()] * len(cond["mask"])
     else:
-        cond = family.default_conditions(run, args.per_count)   # every class per_count times, or {}
-        labels = cond.get("label")
-        targets = [(int(c),) for c in labels.tolist()] if labels is not None else [()] * args.per_count
+        cond, targets = {}, [()] * args.per_count
     images = generate(family, run, model, cond, len(targets), settings, args.batch_size)
     if args.overwrite:
         remove_earlier_samples(args.out)
-    paths = write_samples(images, targets, args.out)
-    grid_path = write_grid(images, args.out)
+    if conditions == "masks":
+        paths = write_mask_pairs(cond["mask"], images, args.out)
+        grid_path = write_pair_grid(cond["mask"], images, args.out)
+    elif conditions == "classes" and names:
+        paths = write_class_samples(images, cond["label"], names, args.out)
+        grid_path = write_grid(images, args.out)
+    else:
+        paths = write_samples(images, targets, args.out)
+        grid_path = write_grid(images, args.out)
     print(f"wrote {len(paths)} samples to {args.out} and a grid to {grid_path}")
     return 0
+
+
+def _check_flags(args: SampleArgs, conditions: str, family: str) -> None:
+    """Flags that do not fit the model's conditions are refused, naming what the model takes."""
+    what = {"counts": "target counts", "classes": "classes", "masks": "masks", "none": "nothing"}[conditions]
+    for flag, value, needed in (("--counts", args.counts, "counts"), ("--classes", args.classes, "classes"),
+                                ("--masks", args.masks, "masks")):
+        if value is not None and conditions != needed:
+            raise InputError(f"{flag}: family {family!r} is conditioned on {what}; leave {flag} out")
+    if conditions == "counts" and args.counts is None:
+        raise InputError(f"--counts: required for a model trained on counts (family {family!r})")
+
+
+def class_conditions(family: Any, run: Any, per_count: int, requested: str | None,
+                     names: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
+    """``per_count`` labels of each requested class (names or indices; default every class)."""
+    if requested is None:
+        return family.default_conditions(run, per_count)
+    known = list(names or range(len(family.default_conditions(run, 1)["label"])))
+    indices = []
+    for item in filter(None, (part.strip() for part in requested.split(","))):
+        if item in map(str, known):
+            indices.append([str(k) for k in known].index(item))
+        elif item.isdigit() and int(item) < len(known):
+            indices.append(int(item))
+        else:
+            raise InputError(f"--classes: unknown class {item!r}; known: {', '.join(map(str, known))}")
+    if not indices:
+        raise InputError("--classes: expected at least one class name")
+    return {"label": torch.tensor(indices).repeat_interleave(per_count)}
+
+
+def mask_conditions(family: Any, run: Any, per_count: int, folder: Path | None) -> dict[str, torch.Tensor]:
+    """Masks to follow: every image in ``folder`` (resized nearest-neighbour to the model's size, binarised),
+    ``per_count`` samples each; without a folder, the family's held-out masks (with their classes)."""
+    if folder is None:
+        cond = family.default_conditions(run, per_count)
+        return {key: value for key, value in cond.items() if key in ("mask", "label")}
+    from raytopo.data.layouts import read_mask_folder
+
+    masks = torch.from_numpy(read_mask_folder(folder, run.data.image_size))
+    return {"mask": masks.repeat_interleave(per_count, dim=0)}
+
+
+def write_mask_pairs(masks: torch.Tensor, images: torch.Tensor, out: Path) -> list[Path]:
+    """``out/masks/NNNNN.png`` (the mask followed) and ``out/images/NNNNN.png`` (the image generated for it)."""
+    write_samples(masks, [()] * len(masks), out / "masks")
+    return write_samples(images, [()] * len(images), out / "images")
+
+
+def write_class_samples(images: torch.Tensor, labels: torch.Tensor, names: tuple[str, ...], out: Path) -> list[Path]:
+    """``out/<class>/<class>_NNNN.png``, numbered within each class (the latent-diffusion reference's layout)."""
+    from PIL import Image
+
+    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    counters: dict[int, int] = {}
+    paths = []
+    for image, label in zip(pixels, labels.tolist()):
+        name = names[label]
+        index = counters[label] = counters.get(label, -1) + 1
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        array = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+        Image.fromarray(array).save(folder / f"{name}_{index:04d}.png")
+        paths.append(folder / f"{name}_{index:04d}.png")
+    return paths
 
 
 SAMPLE_NAME = re.compile(r"(\d+_){0,2}\d{5}\.png")
@@ -109,12 +188,21 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 
 
 def remove_earlier_samples(out: Path) -> None:
-    """With ``--overwrite``: delete the files an earlier `raytopo sample` wrote there (and nothing else)."""
+    """With ``--overwrite``: delete the files an earlier `raytopo sample` wrote there (and nothing else): named
+    samples, ``images/`` and ``masks/`` of mask families, ``<class>/<class>_NNNN.png`` of class families."""
     if not out.is_dir():
         return
     for path in out.iterdir():
         if path.is_file() and SAMPLE_NAME.fullmatch(path.name):
             path.unlink()
+        elif path.is_dir() and path.name != "grid":
+            pattern = SAMPLE_NAME if path.name in ("images", "masks") else re.compile(
+                re.escape(path.name) + r"_\d{4}\.png")
+            for inner in path.iterdir():
+                if inner.is_file() and pattern.fullmatch(inner.name):
+                    inner.unlink()
+            if not any(path.iterdir()):
+                path.rmdir()
     grid = out / "grid" / "grid.png"
     if grid.is_file():
         grid.unlink()
@@ -129,7 +217,7 @@ def warn_outside_training_range(targets: list[tuple[float, ...]], low: int, high
               f"({low}..{high}); its samples may not follow them", file=sys.stderr)
 
 
-def write_grid(images: torch.Tensor, out: Path) -> Path:
+def write_grid(images: torch.Tensor, out: Path, columns: int | None = None) -> Path:
     """All samples in one image, in ``out/grid/`` so evaluating ``out`` sees only the named masks."""
     from PIL import Image
 
@@ -137,8 +225,17 @@ def write_grid(images: torch.Tensor, out: Path) -> Path:
 
     path = out / "grid" / "grid.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images)).save(path)
+    Image.fromarray(image_grid(images, columns)).save(path)
     return path
+
+
+def write_pair_grid(masks: torch.Tensor, images: torch.Tensor, out: Path) -> Path:
+    """Each mask beside the image made for it: mask, image, mask, image, ... in an even number of columns."""
+    shown = masks.float().cpu()
+    if shown.shape[-1] != images.shape[-1]:
+        shown = torch.nn.functional.interpolate(shown, size=images.shape[-2:], mode="nearest")
+    pairs = torch.stack([shown.expand(-1, images.shape[1], -1, -1), images.float().cpu()], dim=1).flatten(0, 1)
+    return write_grid(pairs, out, columns=2 * int(np.ceil(np.sqrt(len(images)))))
 
 
 def generate(family, run, model, cond: dict[str, torch.Tensor], n: int, settings, batch_size: int) -> torch.Tensor:

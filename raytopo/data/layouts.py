@@ -15,6 +15,7 @@ check decodes is what the workers train on. No Ray here.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,17 +105,27 @@ def pair_images_and_masks(root: str | Path) -> list[tuple[Path, Path]]:
     by_key: dict[str, list[Path]] = {}
     for mask in masks:
         by_key.setdefault(_key(mask.stem), []).append(mask)
-    pairs = []
+    pairs, unpaired = [], []
     for image in images:
         if image.stem in by_stem:
             pairs.append((image, by_stem[image.stem]))
             continue
         candidates = by_key.get(_key(image.stem), [])
-        if len(candidates) != 1:
-            found = "none" if not candidates else ", ".join(c.name for c in candidates)
+        if len(candidates) > 1:
             raise InputError(f"{image}: expected one mask in {mask_dir} named {image.stem}.* or <prefix>_"
-                             f"{_key(image.stem)}.*, found {found}")
-        pairs.append((image, candidates[0]))
+                             f"{_key(image.stem)}.*, found {', '.join(c.name for c in candidates)}")
+        if candidates:
+            pairs.append((image, candidates[0]))
+        else:
+            unpaired.append(image)
+    if not pairs:
+        image = unpaired[0]
+        raise InputError(f"{image}: expected one mask in {mask_dir} named {image.stem}.* or <prefix>_"
+                         f"{_key(image.stem)}.*, found none (no image of {image_dir} has a mask)")
+    if unpaired:
+        shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+        print(f"raytopo: warning: {len(unpaired)} of {len(images)} images in {image_dir} have no mask and are "
+              f"skipped: {shown}", file=sys.stderr)
     return pairs
 
 
@@ -142,6 +153,17 @@ def check_image_mask_pairs(root: str | Path) -> int:
     """Every image has exactly one mask, and both decode; returns the pair count."""
     pairs = pair_images_and_masks(root)
     for image, mask in progress(pairs, f"checking {root}"):
-        open_image_file(image)
-        open_image_file(mask)
+        size, mask_size = open_image_file(image).size, open_image_file(mask).size
+        if size != mask_size:
+            raise InputError(f"{mask}: the mask is {mask_size[0]}x{mask_size[1]} but its image {image.name} is "
+                             f"{size[0]}x{size[1]}; expected the same size")
     return len(pairs)
+
+
+def read_mask_folder(folder: str | Path, image_size: int) -> np.ndarray:
+    """Every mask image in ``folder`` (sorted) as float32 ``[N, 1, S, S]`` in {-1, 1} (`decode_mask`)."""
+    folder = _existing_folder(folder, "masks")
+    files = _images_in(folder)
+    if not files:
+        raise InputError(f"{folder}: expected mask images (.png, .jpg, ...), found none")
+    return np.stack([load_mask(path, image_size) for path in files])

@@ -128,3 +128,23 @@ def test_a_format_1_pack_without_label_or_mask_columns_still_decodes(tmp_path):
                       "filename": ["3_a.png"]})
     decoded = decode_rows(table, 16)
     assert set(decoded) == {"image", "counts"} and decoded["counts"].tolist() == [[3.0]]
+
+
+def test_unpaired_images_are_skipped_counted_and_named(tmp_path, capsys):
+    root = tmp_path / "pairs"
+    _png(root / "images" / "Img_1.png", np.zeros((8, 8)))
+    _png(root / "images" / "Img_2.png", np.zeros((8, 8)))
+    _png(root / "images" / "Img_3.png", np.zeros((8, 8)))
+    _png(root / "masks" / "seg_2.png", np.zeros((8, 8)))
+    pairs = pair_images_and_masks(root)
+    assert [(i.name, m.name) for i, m in pairs] == [("Img_2.png", "seg_2.png")]
+    warning = capsys.readouterr().err
+    assert "2 of 3 images" in warning and "Img_1.png, Img_3.png" in warning
+
+
+def test_a_mask_of_another_size_than_its_image_is_an_error(tmp_path):
+    root = tmp_path / "pairs"
+    _png(root / "images" / "a.png", np.zeros((8, 8)))
+    _png(root / "masks" / "a.png", np.zeros((8, 10)))
+    with pytest.raises(InputError, match=r"masks/a\.png: the mask is 10x8 but its image a\.png is 8x8"):
+        check_data_source(DataConfig(source="image_mask", path=str(root), image_size=8))
