@@ -374,11 +374,12 @@ def _batches(n: int, size: int, steps: int, generator: torch.Generator) -> Itera
 
 
 def _fit(model: nn.Module, x: Tensor, target: Tensor, loss_fn, settings: JudgeSettings) -> None:
-    """Adam on ``loss_fn(model(batch), target[batch])``; leaves the model in eval mode."""
+    """Adam on ``loss_fn(model(batch), target[batch])``; leaves the model in eval mode. Gradients are enabled
+    here, so a judge also trains inside an evaluation that runs under ``torch.no_grad``."""
     generator = torch.Generator().manual_seed(settings.seed + 1)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     model.train()
-    with _one_thread():
+    with _one_thread(), torch.enable_grad():
         for index in _batches(len(x), settings.batch_size, settings.steps, generator):
             batch = x[index.to(x.device)]
             if settings.noise > 0:

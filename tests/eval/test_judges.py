@@ -249,6 +249,15 @@ def test_same_seed_gives_the_same_judge_and_score() -> None:
     assert train_segmenter(images, masks, steps=10, seed=7)[1] == train_segmenter(images, masks, steps=10, seed=7)[1]
 
 
+def test_judges_train_inside_a_no_grad_evaluation() -> None:
+    """The trainer evaluates under torch.no_grad; a judge first trained there must still learn."""
+    images, labels = _classes(60, seed=3)
+    with torch.no_grad():
+        model, _ = train_classifier(images, labels, 4, steps=15, seed=7)
+    reference, _ = train_classifier(images, labels, 4, steps=15, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
 def test_training_leaves_threads_and_the_global_rng_alone() -> None:
     images, labels = _classes(20, seed=4, size=8)
     torch.manual_seed(123)
