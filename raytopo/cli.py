@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--counts", required=True, help="target counts, e.g. 1,2,3 (or 2:1 components:holes)")
     pipeline.add_argument("--per-count", type=_at_least(1), default=4, help="images per target count (default 4)")
     pipeline.add_argument("--class", dest="class_name", default=None,
-                          help="render in this class of the ControlNet's data (default: any class)")
+                          help="render every image in this class of the ControlNet's data; 'any': the null class "
+                               "(unguided); default: the classes in turn")
     _add_sampler_arguments(pipeline)
     pipeline.add_argument("--out", type=Path, required=True, help="output folder: masks/, images/, grid/, report.json")
     pipeline.add_argument("--overwrite", action="store_true", help="replace an earlier pipeline's outputs in --out")

@@ -92,13 +92,17 @@ def resize_nearest(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def class_label(stage: tuple[Any, Any, torch.nn.Module], name: str | None, n: int) -> torch.Tensor:
-    """The class the images are rendered in: ``name`` (one of the ControlNet's classes), else the null class."""
+    """The class of each rendered image: ``name`` (one of the ControlNet's classes) for all; ``any``: the null
+    class (unconditional, no guidance); by default the classes in turn."""
     family, run, model = stage
     names = family.class_names(run)
-    if name is None:
+    if name == "any" or (name is None and not names):
         return torch.full((n,), model.null_class)
+    if name is None:
+        return torch.arange(n) % len(names)
     if name not in names:
-        raise InputError(f"--class: unknown class {name!r}; known: {', '.join(names) or 'none (unconditional)'}")
+        raise InputError(f"--class: unknown class {name!r}; known: {', '.join(names) or 'none (unconditional)'}, "
+                         "or any")
     return torch.full((n,), names.index(name))
 
 
