@@ -110,11 +110,12 @@ def run_sample(args: SampleArgs) -> int:
 
 def _check_flags(args: SampleArgs, conditions: str, family: str) -> None:
     """Flags that do not fit the model's conditions are refused, naming what the model takes."""
-    what = {"counts": "target counts", "classes": "classes", "masks": "masks", "none": "nothing"}[conditions]
+    how = {"counts": "per target count", "classes": "per class", "masks": "per mask", "none": "unconditionally"}
     for flag, value, needed in (("--counts", args.counts, "counts"), ("--classes", args.classes, "classes"),
                                 ("--masks", args.masks, "masks")):
         if value is not None and conditions != needed:
-            raise InputError(f"{flag}: family {family!r} is conditioned on {what}; leave {flag} out")
+            raise InputError(f"{flag}: family {family!r} is not conditioned on {needed} (it samples "
+                             f"{how[conditions]}); leave {flag} out")
     if conditions == "counts" and args.counts is None:
         raise InputError(f"--counts: required for a model trained on counts (family {family!r})")
 

@@ -76,7 +76,7 @@ def test_unknown_class_and_wrong_flags_are_one_line_errors(checkpoints, tmp_path
     assert "unknown class 'purple'; known: red_stripes, blue_dots, green_checks, yellow_plain" in error
     assert len(error.splitlines()) == 1
     assert cli.main(["sample", str(checkpoints["ldm"]), "--counts", "1", "--out", str(tmp_path / "b")]) != 0
-    assert "conditioned on classes; leave --counts out" in capsys.readouterr().err
+    assert "not conditioned on counts (it samples per class); leave --counts out" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -95,7 +95,7 @@ def test_base_path_is_relative_to_the_space_file(tmp_path):
     ({"sample.sampler": {"choice": ["ddim"]}}, "params.sample.sampler"),             # the field is sample.name
     ({"sample.schedule": {"choice": ["karras", "linear"]}}, "params.sample.schedule"),
     ({"sample.steps": {"choice": [0]}}, "params.sample.steps"),
-    ({"sample.guidance": {"choice": [1.0]}}, "params.sample.guidance"),
+    ({"sample.guidance": {"choice": [-1.0]}}, "params.sample.guidance"),          # a scale must be >= 0
 ])
 def test_bad_params_fail_naming_the_key(tmp_path, params, named):
     message = _error(tiny_space(tmp_path, params=params))
