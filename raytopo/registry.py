@@ -45,3 +45,4 @@ register("equivariant", _lazy("raytopo.families.equivariant", "EquivariantFamily
 register("topovae", _lazy("raytopo.families.topovae", "TopoVAEFamily"))
 register("ldm", _lazy("raytopo.families.latent", "LatentDiffusionFamily"))
 register("controlnet", _lazy("raytopo.families.controlnet", "ControlNetFamily"))
+register("treevae", _lazy("raytopo.families.treevae", "TreeVAEFamily"))

@@ -44,6 +44,9 @@ TINY = {
                       "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8}},
             "data": OBJECTS, "train": {"steps": 2}},
     "controlnet": {"model": {"ldm": "<tiny ldm checkpoint>"}, "data": OBJECTS},
+    "treevae": {"model": {"tree": {"latent_dim": 4, "hidden": 16, "encoder_channels": [4, 8, 8], "max_depth": 3},
+                          "schedule": {"root": 1, "grow": 1, "grows": 1, "finetune": 1}, "decision_batches": 1},
+                "data": {"source": "garments", "image_size": 16, "num_images": 16}, "train": {"steps": 3}},
 }
 
 
