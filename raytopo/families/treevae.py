@@ -184,7 +184,9 @@ class TreeVAEFamily(FamilyDefaults):
         captions = [f"{path or 'root'} {share:.0%}" for path, share in zip(model.leaf_paths, shares)
                     for _ in range(4)]
         reconstructions = reconstruct(model, images[:8])
-        return {"leaves": (rows, captions), "reconstructions": (torch.cat([images[:8], reconstructions]), None)}
+        picture = torch.from_numpy(tree_image(model, samples, shares)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        return {"leaves": (rows, captions), "reconstructions": (torch.cat([images[:8], reconstructions]), None),
+                "tree": (picture, None)}
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -298,6 +300,18 @@ def reconstruct(model: TreeVAE, images: Tensor) -> Tensor:
         model.train(was_training)
     best = terms["leaf_probabilities"].argmax(dim=1)
     return terms["reconstructions"][torch.arange(len(images)), best].clamp(0, 1) * 2 - 1
+
+
+def tree_image(model: TreeVAE, samples: Tensor, shares: list[float]) -> np.ndarray:
+    """The learned tree (`raytopo.eval.tree_picture`): under each leaf two of its samples, stacked, and its share."""
+    from raytopo.eval.tree_picture import tree_picture
+
+    thumbnails = {}
+    for column, path in enumerate(model.leaf_paths):
+        pair = samples[:2, column].clamp(0, 1).cpu()                     # [2, C, H, W]
+        stacked = torch.cat(list(pair), dim=1).permute(1, 2, 0).numpy()  # [2H, W, C]
+        thumbnails[path] = stacked[..., 0] if stacked.shape[-1] == 1 else stacked
+    return tree_picture(model.node_paths(), thumbnails, dict(zip(model.leaf_paths, shares)))
 
 
 def _no_classes() -> dict[str, float]:
