@@ -37,7 +37,8 @@ from raytopo.errors import ConfigError, InputError
 from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext
 from raytopo.families.latent import (ParsedLatent, diffusion_mse, latent_diffusion, random_hflip,
                                      sample_latent_images, training_labels)
-from raytopo.models.latent.model import ControlledLatentDiffusion, LatentDiffusion, weights_fingerprint
+from raytopo.families.frozen_base import base_run, check_pairing, load_base, weights_fingerprint
+from raytopo.models.latent.model import ControlledLatentDiffusion, LatentDiffusion
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ControlNetModelConfig:
 @dataclass(frozen=True)
 class ParsedControlNet:
     ldm_path: str
-    ldm_run: Any                   # the LDM's RunConfig
+    ldm_run: Any                   # the LDM's BaseRunView
     ldm: ParsedLatent
     conditioning_channels: tuple[int, ...]
     conditioning_scale: float
@@ -70,26 +71,12 @@ class ParsedControlNet:
     flip: bool
 
 
-@functools.lru_cache(maxsize=8)
-def _ldm_checkpoint_config(path: str) -> dict[str, Any]:
-    from raytopo.checkpoint import load_checkpoint_config
-
-    try:
-        return load_checkpoint_config(path)
-    except (InputError, OSError) as error:
-        raise InputError(f"model.ldm {path}: {error}") from None
-
-
 def parse_controlnet(run: Any) -> ParsedControlNet:
     """The ``controlnet`` model section validated against its LDM checkpoint and data (one-line errors)."""
     from raytopo.registry import get_family
 
     model = from_dict(ControlNetModelConfig, run.model, "model")
-    config = _ldm_checkpoint_config(model.ldm)
-    if config.get("family") != "ldm":
-        raise InputError(f"model.ldm {model.ldm}: expected a checkpoint of family 'ldm', it is of family "
-                         f"{config.get('family')!r}")
-    ldm_run = _parse_ldm_run(config)
+    ldm_run = base_run(model.ldm, "ldm", "model.ldm")
     ldm = get_family("ldm").parse(ldm_run)
     data = run.data
     if not data.has_masks:
@@ -107,21 +94,6 @@ def parse_controlnet(run: Any) -> ParsedControlNet:
     guidance = ldm.guidance if model.guidance is None else model.guidance
     return ParsedControlNet(model.ldm, ldm_run, ldm, tuple(channels), model.conditioning_scale, model.label_drop,
                             guidance, model.flip)
-
-
-@dataclass(frozen=True)
-class LdmRunView:
-    """The parts of an LDM checkpoint's run config that rebuild its model (``model`` and ``data``)."""
-
-    family: str
-    model: dict
-    data: Any
-
-
-def _parse_ldm_run(config: dict[str, Any]) -> LdmRunView:
-    from raytopo.data.config import DataConfig
-
-    return LdmRunView(config["family"], config.get("model") or {}, from_dict(DataConfig, config.get("data"), "data"))
 
 
 def _check_classes(run: Any, ldm: ParsedLatent) -> None:
@@ -165,7 +137,7 @@ class ControlNetFamily(FamilyDefaults):
         parsed = self.parse(run)
         ldm_family = get_family("ldm")
         if structure:
-            _check_pairing(parsed, structure)
+            check_pairing(parsed.ldm_path, "ldm", "model.ldm", structure.get("ldm_fingerprint"))
             ldm = ldm_family.build(parsed.ldm_run, structure.get("ldm_structure") or None)
         else:
             ldm = load_ldm(parsed.ldm_path)
@@ -282,27 +254,7 @@ class _Scaled(torch.nn.Module):
 
 def load_ldm(path: str) -> LatentDiffusion:
     """The trained LDM of a checkpoint directory, EMA weights, strict load."""
-    from raytopo.checkpoint import load_checkpoint
-    from raytopo.registry import get_family
-
-    data = load_checkpoint(path, with_optimizer=False)
-    run = _parse_ldm_run(data.config)
-    model = get_family("ldm").build(run, data.structure or None)
-    model.load_state_dict(data.ema)
-    return model
-
-
-def _check_pairing(parsed: ParsedControlNet, structure: Mapping[str, Any]) -> None:
-    """A ControlNet checkpoint resumed with ``model.ldm`` naming another LDM than the one it was built from."""
-    from pathlib import Path
-
-    expected = structure.get("ldm_fingerprint")
-    if not expected or not Path(parsed.ldm_path).is_dir():
-        return   # the checkpoint holds its LDM; a moved or deleted model.ldm does not matter
-    found = weights_fingerprint(load_ldm(parsed.ldm_path).state_dict())
-    if found != expected:
-        raise InputError(f"model.ldm {parsed.ldm_path}: this ControlNet was built from another LDM (weights "
-                         f"{expected}, this one {found}); expected the LDM checkpoint it was trained on")
+    return load_base(path, "ldm", "model.ldm")
 
 
 def held_out_masks(run: Any, n: int, num_classes: int) -> dict[str, Tensor]:

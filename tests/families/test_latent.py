@@ -265,7 +265,7 @@ def test_controlnet_refuses_a_non_ldm_checkpoint_and_another_ldm(ldm_checkpoint,
     family, run = get_family("controlnet"), controlnet_run(ldm_checkpoint)
     structure = family.structure(family.build(run))
     other = write_ldm(tmp_path / "other", seed=1)
-    with pytest.raises(InputError, match="built from another LDM"):
+    with pytest.raises(InputError, match="built from another ldm checkpoint"):
         family.build(controlnet_run(other), structure)
     family.build(run, structure)   # its own LDM: fine
     tdn = tmp_path / "tdn"

@@ -13,8 +13,6 @@ work on them unchanged.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import Tensor, nn
 
@@ -74,12 +72,3 @@ class ControlledLatentDiffusion(nn.Module):
 
     def forward(self, z_t: Tensor, t: Tensor, label: Tensor, mask: Tensor, scale: float | None = None) -> Tensor:
         return self.ldm(z_t, t, label, residuals=self.residuals(z_t, t, label, mask, scale))
-
-
-def weights_fingerprint(state: dict[str, Tensor]) -> str:
-    """A short hash of a state dict's names and values: tells apart two LDMs a ControlNet might be paired with."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().float().numpy().tobytes())
-    return digest.hexdigest()[:16]
