@@ -47,17 +47,27 @@ TINY = {
     "treevae": {"model": {"tree": {"latent_dim": 4, "hidden": 16, "encoder_channels": [4, 8, 8], "max_depth": 3},
                           "schedule": {"root": 1, "grow": 1, "grows": 1, "finetune": 1}, "decision_batches": 1},
                 "data": {"source": "garments", "image_size": 16, "num_images": 16}, "train": {"steps": 3}},
+    "diffuse_treevae": {"model": {"treevae": "<tiny treevae checkpoint>",
+                                  "unet": {"block_out_channels": [16, 32], "layers_per_block": 1,
+                                           "norm_num_groups": 8}},
+                        "data": {"source": "garments", "image_size": 16, "num_images": 16}},
 }
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_ldm_checkpoint(tmp_path_factory):
-    """The controlnet's tiny config is built on an (untrained) tiny ldm checkpoint written here."""
+    """The controlnet's and the refiner's tiny configs are built on (untrained) tiny ldm and treevae checkpoints
+    written here."""
     run = _run("ldm")
     model = get_family("ldm").build(run)
     path = save_checkpoint(tmp_path_factory.mktemp("ldm") / "checkpoint", model, make_ema(model), None, 2,
                            run.to_plain(), 1, get_family("ldm").structure(model))
     TINY["controlnet"]["model"]["ldm"] = str(path)
+    tree_run = _run("treevae")
+    tree = get_family("treevae").build(tree_run)
+    tree_path = save_checkpoint(tmp_path_factory.mktemp("treevae") / "checkpoint", tree, make_ema(tree), None, 3,
+                                tree_run.to_plain(), 2, get_family("treevae").structure(tree))
+    TINY["diffuse_treevae"]["model"]["treevae"] = str(tree_path)
     return path
 
 

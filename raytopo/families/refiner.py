@@ -1,0 +1,299 @@
+"""``diffuse_treevae``: a DDPM that turns a frozen TreeVAE's blurry leaf images into sharp ones (Diffuse-TreeVAE,
+Goncalves et al. 2024, "form 1"; docs/references.md and the brief ``treevae.md`` section 3).
+
+The denoiser sees ``[x_t, c]`` where ``c`` is a TreeVAE reconstruction, and the leaf that made it through a
+learned embedding with a **distinct null index** L (the reference used z = 0, the same as leaf 0). Training, per
+sample: the frozen TreeVAE (``model.treevae``, a ``treevae`` checkpoint) reconstructs the image with every leaf
+(posterior means), a leaf is drawn from its q-routing probabilities (Multinomial, vectorised), ``c`` is that
+leaf's reconstruction in [-1, 1] (the reference trained on [0, 1] and clipped to [-1, 1]), and the leaf is
+dropped to the null index with probability ``label_drop`` (per sample; the reference dropped per batch). The loss
+is eps-MSE (Ho et al. 2020, eq. 14; linear betas 1e-4..0.02, 1000 steps).
+
+Sampling starts where the reference's does, at x_T = sqrt(abar_T) c + sqrt(1 - abar_T) eps, and runs any raytopo
+sampler (DDIM-50 by default instead of 1000 ancestral steps) with guidance eps_u + s (eps_c - eps_u) on the leaf
+(the reference's (1 + w) eps_c - w eps_u with s = 1 + w). Modes: `refined_samples` (a root sample routed by p,
+its most probable or a sampled leaf, refined), `refined_leaves` (every leaf of one root sample) and
+`refined_reconstructions` (a real image's reconstructions; the reference noised the real image instead).
+
+```yaml
+model:
+  treevae: runs/treevae_garments/<checkpoint_dir>
+  unet: {block_out_channels: [32, 64], layers_per_block: 2}
+  label_drop: 0.1
+  guidance: 1.0
+  leaf: argmax            # argmax | sample: the leaf of a generated root sample
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from raytopo.config import from_dict
+from raytopo.diffusion.gaussian import DiffusionConfig
+from raytopo.errors import ConfigError, InputError
+from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext
+from raytopo.families.frozen_base import base_run, base_structure, check_pairing, load_base, weights_fingerprint
+from raytopo.families.latent import LATENT_DIFFUSION, diffusion_mse
+from raytopo.families.treevae import to_unit
+
+
+@dataclass(frozen=True)
+class RefinerUNet:
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 2
+    norm_num_groups: int = 16
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class RefinerModelConfig:
+    treevae: str | None = None
+    unet: RefinerUNet = field(default_factory=RefinerUNet)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+    label_drop: float = 0.1
+    guidance: float = 1.0
+    leaf: Literal["argmax", "sample"] = "argmax"
+
+    def __post_init__(self) -> None:
+        if not self.treevae:
+            raise ConfigError("treevae: required, the trained treevae checkpoint directory the refiner is built on")
+        if not 0 <= self.label_drop <= 1 or self.guidance < 0:
+            raise ConfigError("label_drop/guidance: expected a probability in [0, 1] and a scale >= 0")
+
+
+@dataclass(frozen=True)
+class ParsedRefiner:
+    config: RefinerModelConfig
+    tree_run: Any
+    leaves: int
+    diffusion: DiffusionConfig
+
+
+class RefinerModel(nn.Module):
+    """A frozen TreeVAE and a UNet on ``[x_t, c]`` with leaf embeddings 0..L-1 and the null index L. Images of a
+    side that is not a multiple of 4 (28 px) are padded for the UNet and cropped after, as the reference."""
+
+    def __init__(self, treevae: nn.Module, unet: nn.Module, leaves: int, image_size: int) -> None:
+        super().__init__()
+        self.treevae = treevae
+        self.unet = unet
+        self.leaves = leaves
+        self.pad = (-image_size) % 4
+
+    @property
+    def null_class(self) -> int:
+        return self.leaves
+
+    def forward(self, x_t: Tensor, t: Tensor, label: Tensor, cond: Tensor) -> Tensor:
+        inputs = nn.functional.pad(torch.cat([x_t, cond], dim=1), (0, self.pad, 0, self.pad))
+        eps = self.unet(inputs, t, class_labels=label).sample
+        return eps[..., :x_t.shape[-2], :x_t.shape[-1]]
+
+    @torch.no_grad()
+    def reconstructions(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(every leaf's reconstruction [B, L, C, H, W] in [-1, 1], q-routing leaf probabilities [B, L]) of
+        images in [-1, 1], posterior means, the TreeVAE in eval mode."""
+        self.treevae.eval()
+        terms = self.treevae(to_unit(images), sample=False)
+        return terms["reconstructions"].clamp(0, 1) * 2 - 1, terms["leaf_probabilities"]
+
+
+def sample_leaves(probabilities: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One leaf per row drawn from its probabilities (vectorised Multinomial)."""
+    return torch.multinomial(probabilities.float().clamp(min=0), 1, generator=generator)[:, 0]
+
+
+class RefinerFamily(FamilyDefaults):
+    """``diffuse_treevae``: the TreeVAE refiner (module docstring)."""
+
+    name = "diffuse_treevae"
+
+    def parse(self, run: Any) -> ParsedRefiner:
+        config = from_dict(RefinerModelConfig, run.model, "model")
+        tree_run = base_run(config.treevae, "treevae", "model.treevae")
+        if (tree_run.data.image_size, tree_run.data.channels) != (run.data.image_size, run.data.channels):
+            raise ConfigError(f"data.image_size/channels: the TreeVAE was trained on {tree_run.data.channels}x"
+                              f"{tree_run.data.image_size}^2 images, got {run.data.channels}x{run.data.image_size}^2")
+        leaves = len(base_structure(config.treevae)["tree"]["leaves"])
+        diffusion = from_dict(DiffusionConfig, {**LATENT_DIFFUSION, **config.diffusion}, "model.diffusion")
+        return ParsedRefiner(config, tree_run, leaves, diffusion)
+
+    def setup(self, run: Any) -> dict[str, Any]:
+        parsed = self.parse(run)
+        return {"parsed": parsed, "diffusion": _diffusion(parsed)}
+
+    def loss_weights(self, run: Any) -> dict[str, float]:
+        return {"mse": 1.0}
+
+    def needs_pool(self, run: Any) -> bool:
+        return False
+
+    def build(self, run: Any, structure: dict[str, Any] | None = None) -> RefinerModel:
+        from diffusers import UNet2DModel
+
+        from raytopo.registry import get_family
+
+        parsed = self.parse(run)
+        if structure:
+            check_pairing(parsed.config.treevae, "treevae", "model.treevae", structure.get("treevae_fingerprint"))
+            treevae = get_family("treevae").build(parsed.tree_run, structure["treevae_structure"])
+        else:
+            treevae = load_base(parsed.config.treevae, "treevae", "model.treevae")
+        leaves = len(treevae.leaf_paths)
+        unet_settings = parsed.config.unet
+        blocks = len(unet_settings.block_out_channels)
+        channels = run.data.channels
+        unet = UNet2DModel(sample_size=run.data.image_size + (-run.data.image_size) % 4, in_channels=2 * channels,
+                           out_channels=channels, down_block_types=("DownBlock2D",) * blocks,
+                           up_block_types=("UpBlock2D",) * blocks,
+                           block_out_channels=tuple(unet_settings.block_out_channels),
+                           layers_per_block=unet_settings.layers_per_block, num_class_embeds=leaves + 1,
+                           resnet_time_scale_shift="scale_shift", dropout=unet_settings.dropout,
+                           norm_num_groups=unet_settings.norm_num_groups)
+        model = RefinerModel(treevae, unet, leaves, run.data.image_size)
+        model.treevae_fingerprint = (structure or {}).get("treevae_fingerprint") or \
+            weights_fingerprint(treevae.state_dict())
+        return model
+
+    def structure(self, model: torch.nn.Module) -> dict[str, Any]:
+        from raytopo.registry import get_family
+
+        return {"treevae_structure": get_family("treevae").structure(model.treevae),
+                "treevae_fingerprint": model.treevae_fingerprint}
+
+    def parameter_groups(self, model: RefinerModel, run: Any, stage: Stage) -> list[ParamGroup]:
+        return [ParamGroup("unet", list(model.unet.parameters()))]
+
+    def losses(self, model: RefinerModel, batch: Mapping[str, Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        from raytopo.diffusion.guidance import drop_labels
+
+        parsed: ParsedRefiner = ctx.extras["parsed"]
+        images = batch["image"]
+        reconstructions, probabilities = model.reconstructions(images)
+        leaf = sample_leaves(probabilities, ctx.generator)
+        cond = reconstructions[torch.arange(len(images)), leaf]
+        label = drop_labels(leaf, model.null_class, parsed.config.label_drop, ctx.generator)
+        return {"mse": diffusion_mse(model, ctx.extras["diffusion"], images, ctx, label=label, cond=cond)}
+
+    # --- sampling ------------------------------------------------------------------------------
+
+    def sampling_conditions(self, run: Any) -> str:
+        return "none"
+
+    def default_conditions(self, run: Any, per_count: int) -> dict[str, Tensor]:
+        return {}
+
+    @torch.no_grad()
+    def sample(self, model: RefinerModel, run: Any, n: int, cond: Mapping[str, Tensor], settings: Any) -> Tensor:
+        """``n`` refined images in [-1, 1]: with ``cond["cond"]`` / ``cond["label"]`` those images and leaves;
+        otherwise `refined_samples`."""
+        if "cond" in cond:
+            return refine(model, self.parse(run), cond["cond"], cond["label"], settings)
+        return refined_samples(model, self.parse(run), n, settings)[0]
+
+    def preview(self, model: RefinerModel, run: Any) -> dict[str, tuple[Tensor, list[str] | None]]:
+        """Eight TreeVAE samples above their refined versions."""
+        from raytopo.families.sampling import SamplerSettings
+
+        refined, unrefined, _ = refined_samples(model, self.parse(run), 8, SamplerSettings(steps=run.train.sample_steps))
+        return {"refined": (torch.cat([unrefined, refined]), None)}
+
+    def evaluate_model(self, model: RefinerModel, run: Any, settings: Any, per_count: int,
+                       batch_size: int) -> dict[str, float]:
+        """``mmd_refined`` / ``mmd_unrefined``: pixel MMD^2 of ``per_count x 10`` refined and unrefined (the
+        TreeVAE's own) samples against as many held-out images, ``mmd_ratio`` refined / unrefined (the refiner
+        must bring it below 1), and ``swd_refined`` / ``swd_unrefined``."""
+        from raytopo.data.sources import held_out_arrays
+        from raytopo.eval.distribution import distribution_distances
+
+        n = per_count * 10
+        parsed = self.parse(run)
+        refined, unrefined = [], []
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            sharp, blurry, _ = refined_samples(model, parsed, size, replace(settings, seed=settings.seed + start))
+            refined.append(sharp.cpu())
+            unrefined.append(blurry.cpu())
+        real = torch.from_numpy(held_out_arrays(run.data, n)["image"])
+        after = distribution_distances(torch.cat(refined), real, seed=settings.seed)
+        before = distribution_distances(torch.cat(unrefined), real, seed=settings.seed)
+        return {"mmd_refined": after["mmd"], "mmd_unrefined": before["mmd"], "swd_refined": after["swd"],
+                "swd_unrefined": before["swd"], "mmd_ratio": after["mmd"] / before["mmd"] if before["mmd"] else 0.0}
+
+    def metric_names(self, run: Any) -> set[str]:
+        return {"mmd_refined", "mmd_unrefined", "swd_refined", "swd_unrefined", "mmd_ratio"}
+
+
+def _diffusion(parsed: ParsedRefiner):
+    from raytopo.diffusion.respace import build_diffusion
+
+    return build_diffusion(parsed.diffusion, "")
+
+
+@torch.no_grad()
+def refine(model: RefinerModel, parsed: ParsedRefiner, cond: Tensor, label: Tensor, settings: Any) -> Tensor:
+    """Refined versions of TreeVAE images ``cond`` [n, C, H, W] in [-1, 1] made by leaves ``label`` (the null
+    index L: unconditional), from x_T = c + sigma_T eps (form 1's start), guidance on the leaf."""
+    from raytopo.diffusion.denoisers import DiscreteVPDenoiser
+    from raytopo.diffusion.guidance import GuidedModel
+    from raytopo.families.sampling import sample_from, schedule_sigmas
+
+    if label.numel() and (int(label.min()) < 0 or int(label.max()) > model.leaves):
+        raise InputError(f"leaf: expected indices 0..{model.leaves - 1} (or {model.leaves}, none), got "
+                         f"{sorted(set(label.tolist()))}")
+    parameter = next(model.unet.parameters())
+    cond, label = cond.to(parameter.device, parameter.dtype), label.to(parameter.device).long()
+    guidance = parsed.config.guidance if settings.guidance is None else settings.guidance
+    denoiser = DiscreteVPDenoiser(GuidedModel(model, model.null_class, guidance), _diffusion(parsed),
+                                  {"label": label, "cond": cond}, clip=settings.clip)
+    sigmas = schedule_sigmas(denoiser, settings).to(device=parameter.device, dtype=parameter.dtype)
+    generator = torch.Generator(device=parameter.device).manual_seed(settings.seed)
+    x = cond + sigmas[0] * torch.randn(cond.shape, generator=generator, device=parameter.device,
+                                       dtype=parameter.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        return sample_from(denoiser, x, sigmas, settings, generator).clamp(-1, 1)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def refined_samples(model: RefinerModel, parsed: ParsedRefiner, n: int, settings: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """(refined, unrefined, leaf) for ``n`` root samples routed by p; the leaf is the most probable one or, with
+    ``model.leaf: sample``, drawn from p."""
+    from raytopo.families.treevae import generate
+
+    images, probabilities = generate(model.treevae, n, settings.seed)
+    if parsed.config.leaf == "sample":
+        leaf = sample_leaves(probabilities, torch.Generator().manual_seed(settings.seed))
+    else:
+        leaf = probabilities.argmax(dim=1)
+    unrefined = images[torch.arange(n), leaf].clamp(0, 1) * 2 - 1
+    return refine(model, parsed, unrefined, leaf, settings), unrefined, leaf
+
+
+@torch.no_grad()
+def refined_leaves(model: RefinerModel, parsed: ParsedRefiner, settings: Any) -> tuple[Tensor, Tensor]:
+    """(refined, unrefined) images of every leaf of one root sample: [L, C, H, W] each."""
+    from raytopo.families.treevae import generate
+
+    images, _ = generate(model.treevae, 1, settings.seed)
+    unrefined = images[0].clamp(0, 1) * 2 - 1
+    return refine(model, parsed, unrefined, torch.arange(model.leaves), settings), unrefined
+
+
+@torch.no_grad()
+def refined_reconstructions(model: RefinerModel, parsed: ParsedRefiner, images: Tensor,
+                            settings: Any) -> tuple[Tensor, Tensor]:
+    """(refined, unrefined) reconstructions of real ``images`` in [-1, 1] by their most probable leaf (the
+    reference's ``recons`` mode noised the real image instead of the reconstruction)."""
+    reconstructions, probabilities = model.reconstructions(images)
+    leaf = probabilities.argmax(dim=1)
+    unrefined = reconstructions[torch.arange(len(images)), leaf]
+    return refine(model, parsed, unrefined, leaf, settings), unrefined
