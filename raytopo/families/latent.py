@@ -17,7 +17,7 @@ default) with guidance eps_u + s (eps_c - eps_u) in one batched call, then decod
 
 ```yaml
 model:
-  autoencoder: {steps: 500, block_out_channels: [32, 32, 32], latent_channels: 4, beta: 1.0e-6, lr_scale: 1.0}
+  autoencoder: {steps: 500, block_out_channels: [32, 32], latent_channels: 4, beta: 1.0e-6, lr_scale: 1.0}
   vae_path: null            # or a local diffusers AutoencoderKL directory (stage 1 skipped)
   unet: {block_out_channels: [64, 128], layers_per_block: 2}
   label_drop: 0.1

@@ -10,7 +10,8 @@ Shipped models, each with the command that regenerates it:
 * ``adm_t_shapes32``: ADM-T on the 0-dim Shapes set (32 px, counts 1-5), the base of ``raytopo demo``;
   regenerate with ``raytopo demo --from-scratch --export-base DIR`` (see ``raytopo.commands.demo``).
 * ``ldm_objects32``: the class-conditional latent diffusion model of ``configs/ldm.yaml`` (objects set, 32 px,
-  4 classes; autoencoder + UNet, 3.5 M parameters), the base of ``configs/controlnet.yaml``; regenerate with
+  4 classes; autoencoder 0.2 M + UNet 3.3 M parameters, 4 x 16 x 16 latents), the base of
+  ``configs/controlnet.yaml``; regenerate with
   ``raytopo train configs/ldm.yaml`` and ``raytopo.checkpoint.export_weights(<last checkpoint>, DIR)``.
 """
 

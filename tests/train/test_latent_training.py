@@ -4,18 +4,16 @@ metrics in TensorBoard, and a resume at the stage boundary reproducing the unint
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
-from raytopo.checkpoint import load_checkpoint
 from raytopo.data.sources import in_memory_arrays
 from raytopo.registry import get_family
 from raytopo.train.config import parse_run_config
 from raytopo.train.trainer import run_training
 
 from test_train_local import tensorboard_scalars
+from train_helpers import checkpoint_at, resume_from_copy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,16 +42,12 @@ def uninterrupted(ray_local, tmp_path_factory):
     return run
 
 
-def _checkpoint(run, step: int):
-    return load_checkpoint(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}")
-
-
 def _part(weights: dict, prefix: str) -> dict:
     return {key: value for key, value in weights.items() if key.startswith(prefix)}
 
 
 def test_each_stage_trains_only_its_module_and_sets_the_latent_scale_at_the_boundary(uninterrupted):
-    steps = {step: _checkpoint(uninterrupted, step) for step in (1, 2, 3, 4)}
+    steps = {step: checkpoint_at(uninterrupted, step) for step in (1, 2, 3, 4)}
     unet_1, unet_2 = _part(steps[1].model, "unet."), _part(steps[2].model, "unet.")
     assert all(torch.equal(unet_1[key], unet_2[key]) for key in unet_1)           # frozen in the autoencoder stage
     vae_3, vae_4 = _part(steps[3].model, "vae."), _part(steps[4].model, "vae.")
@@ -84,12 +78,8 @@ def test_evaluation_metrics_reach_tensorboard(uninterrupted):
 
 def test_a_run_resumed_at_the_stage_boundary_matches_the_uninterrupted_one(uninterrupted, tmp_path):
     resumed = parse_run_config(_config(tmp_path, "resumed"))
-    source = uninterrupted.run_dir / "checkpoints" / "checkpoint_0000002"
-    target = resumed.run_dir / "checkpoints" / "checkpoint_0000002"
-    target.parent.mkdir(parents=True)
-    shutil.copytree(source, target)
-    run_training(resumed, resume=True)
-    expected, actual = _checkpoint(uninterrupted, 4), _checkpoint(resumed, 4)
+    resume_from_copy(uninterrupted, 2, resumed)
+    expected, actual = checkpoint_at(uninterrupted, 4), checkpoint_at(resumed, 4)
     assert actual.model.keys() == expected.model.keys()
     for key in expected.model:
         assert torch.equal(actual.model[key], expected.model[key]), key

@@ -62,7 +62,7 @@ def _checkpoint(directory: Path, family: str, model_channels: int = 32) -> Path:
 # --- config values: CLI `raytopo train` ---------------------------------------------------------------------
 
 BAD_VALUES = [
-    ("family", "diffusion_gan", ["family", "'diffusion_gan'", "adm, adm_t, controlnet, equivariant, ldm, tdn, topovae"]),
+    ("family", "diffusion_gan", ["family", "'diffusion_gan'", "adm, adm_t, controlnet, diffuse_treevae, equivariant, ldm, tdn, topovae, treevae"]),
     ("train.steps", 0, ["train.steps", ">= 1", "0"]),
     ("data.channels", 2, ["data.channels", "1 or 3", "2"]),
     ("model.topo.dims", [2], ["model.topo", "dims", "(0, 1)", "(2,)"]),

@@ -4,14 +4,13 @@ reproduces the uninterrupted run bit for bit."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
-from raytopo.checkpoint import load_checkpoint
 from raytopo.train.config import parse_run_config
 from raytopo.train.trainer import run_training
+
+from train_helpers import checkpoint_at, resume_from_copy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,12 +33,8 @@ def uninterrupted(ray_local, tmp_path_factory):
     return run
 
 
-def _checkpoint(run, step: int):
-    return load_checkpoint(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}")
-
-
 def test_the_tree_grows_at_each_grow_stage_and_only_the_new_subtree_trains(uninterrupted):
-    before, first, second = _checkpoint(uninterrupted, 2), _checkpoint(uninterrupted, 4), _checkpoint(uninterrupted, 6)
+    before, first, second = (checkpoint_at(uninterrupted, step) for step in (2, 4, 6))
     assert before.structure["tree"]["leaves"] == ["0", "1"]
     grown = first.structure["grown"]["grow1"]
     assert len(first.structure["tree"]["leaves"]) == 3 and grown in before.structure["tree"]["leaves"]
@@ -50,17 +45,14 @@ def test_the_tree_grows_at_each_grow_stage_and_only_the_new_subtree_trains(unint
         if key in first.model:
             assert torch.equal(first.model[key], value), key
     new = [key for key in first.model if key not in before.model]
-    assert new and _checkpoint(uninterrupted, 3).model.keys() == first.model.keys()
-    assert any(not torch.equal(_checkpoint(uninterrupted, 3).model[key], first.model[key]) for key in new)
+    assert new and checkpoint_at(uninterrupted, 3).model.keys() == first.model.keys()
+    assert any(not torch.equal(checkpoint_at(uninterrupted, 3).model[key], first.model[key]) for key in new)
 
 
 def test_a_resume_at_a_growth_boundary_matches_the_uninterrupted_run(uninterrupted, tmp_path):
     resumed = parse_run_config(_config(tmp_path, "resumed"))
-    target = resumed.run_dir / "checkpoints" / "checkpoint_0000004"
-    target.parent.mkdir(parents=True)
-    shutil.copytree(uninterrupted.run_dir / "checkpoints" / "checkpoint_0000004", target)
-    run_training(resumed, resume=True)
-    expected, actual = _checkpoint(uninterrupted, 8), _checkpoint(resumed, 8)
+    resume_from_copy(uninterrupted, 4, resumed)
+    expected, actual = checkpoint_at(uninterrupted, 8), checkpoint_at(resumed, 8)
     assert actual.structure == expected.structure
     for key in expected.model:
         assert torch.equal(actual.model[key], expected.model[key]), key

@@ -39,3 +39,24 @@ def tiny_config(storage: Path, name: str = "tiny", family: str = "tdn", **sectio
         else:
             config[section] = values
     return config
+
+
+def checkpoint_at(run: Any, step: int):
+    """The checkpoint a local run (``num_to_keep`` large enough) wrote after ``step``."""
+    from raytopo.checkpoint import load_checkpoint
+
+    return load_checkpoint(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}")
+
+
+def resume_from_copy(source: Any, step: int, run: Any) -> None:
+    """Train ``run`` to its end, resumed from a copy of ``source``'s checkpoint after ``step`` (and nothing
+    later): what a crash right after that checkpoint would leave."""
+    import shutil
+
+    from raytopo.train.trainer import run_training
+
+    name = f"checkpoint_{step:07d}"
+    target = run.run_dir / "checkpoints" / name
+    target.parent.mkdir(parents=True)
+    shutil.copytree(source.run_dir / "checkpoints" / name, target)
+    run_training(run, resume=True)

@@ -30,7 +30,7 @@ class AutoencoderSettings:
     length of stage 1 and ``lr_scale`` its learning rate relative to ``train.lr``.
     """
 
-    block_out_channels: tuple[int, ...] = (32, 32, 32)
+    block_out_channels: tuple[int, ...] = (32, 32)
     latent_channels: int = 4
     layers_per_block: int = 1
     norm_num_groups: int = 16
