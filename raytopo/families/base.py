@@ -44,8 +44,9 @@ Adding a family never requires touching the trainer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 
@@ -61,6 +62,17 @@ class Pending:
         if self._value is None:
             self._value = self._resolve()
         return self._value
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``with eval_mode(model):`` runs in eval mode and restores the model's previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def resolve_terms(terms: Mapping[str, "torch.Tensor | Pending"]) -> dict[str, torch.Tensor]:

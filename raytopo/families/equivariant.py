@@ -58,7 +58,7 @@ from raytopo.diffusion.formulations import (
 )
 from raytopo.diffusion.gaussian import mean_flat
 from raytopo.errors import ConfigError
-from raytopo.families.base import FamilyDefaults, StepContext
+from raytopo.families.base import FamilyDefaults, StepContext, eval_mode
 from raytopo.models.adm.unet import UNetConfig
 from raytopo.models.equivariant import GroupAveraged, act, build_equivariant_unet, get_group, inverse
 from raytopo.models.ema import make_ema, update_ema
@@ -291,7 +291,7 @@ class EquivariantFamily(FamilyDefaults):
         parameter = next(model.parameters())
         denoiser = self.denoiser(model, run, cond, clip=settings.clip)
         shape = (n, parsed.channels, parsed.unet.image_size, parsed.unet.image_size)
-        with _eval_mode(model):
+        with eval_mode(model):
             return sample_with(denoiser, shape, settings, parameter.device, parameter.dtype).clamp(-1.0, 1.0)
 
     def preview(self, model: nn.Module, run: Any) -> dict[str, tuple[Tensor, list[str] | None]]:
@@ -372,7 +372,7 @@ class EquivariantFamily(FamilyDefaults):
             return call_network(formulation, net, x, t, None, kwargs)
 
         errors = {}
-        with _eval_mode(model):
+        with eval_mode(model):
             for level in NOISE_LEVELS_FOR_EVAL:
                 pair = formulation.training_pair(x0, torch.full((len(x0),), level, device=device), noise)
                 key = f"net_eqv_err_s{level:g}".replace(".", "p")
@@ -399,23 +399,8 @@ class EquivariantFamily(FamilyDefaults):
             denoiser.reset()
             return sample_from(denoiser, x, sigmas, chosen)
 
-        with _eval_mode(model):
+        with eval_mode(model):
             return sampler_equivariance_error(run_sampler, x_T, parsed.group)
-
-
-class _eval_mode:
-    """``with _eval_mode(model):`` runs in eval mode and restores the previous mode."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.was_training = model.training
-
-    def __enter__(self) -> nn.Module:
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: Any) -> None:
-        self.model.train(self.was_training)
 
 
 def held_out_images(run: Any, n: int) -> dict[str, np.ndarray]:

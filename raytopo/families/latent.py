@@ -40,7 +40,7 @@ from raytopo.config import from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from raytopo.diffusion.guidance import drop_labels
 from raytopo.errors import ConfigError
-from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext, stage_index_at
+from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext, eval_mode, stage_index_at
 from raytopo.models.latent.model import LatentDiffusion
 from raytopo.models.latent.networks import AutoencoderSettings, UNetSettings
 
@@ -183,14 +183,9 @@ def sample_latent_images(model: torch.nn.Module, ldm: LatentDiffusion, diffusion
     kwargs = {key: value.to(parameter.device) for key, value in conditions.items()}
     guided = GuidedModel(model, ldm.null_class, guidance)
     denoiser = DiscreteVPDenoiser(guided, diffusion, kwargs, clip=False, offset=DDIM_OFFSET)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            latents = sample_with(denoiser, (n, *latent_shape), settings, parameter.device, parameter.dtype)
-            return ldm.decode(latents).clamp(-1.0, 1.0)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        latents = sample_with(denoiser, (n, *latent_shape), settings, parameter.device, parameter.dtype)
+        return ldm.decode(latents).clamp(-1.0, 1.0)
 
 
 def latent_scale_of(ldm: LatentDiffusion, batches: Any, images: int = 512) -> float:

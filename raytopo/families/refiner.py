@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from raytopo.config import from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig
 from raytopo.errors import ConfigError, InputError
-from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext
+from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext, eval_mode
 from raytopo.families.frozen_base import base_run, base_structure, check_pairing, load_base, weights_fingerprint
 from raytopo.families.latent import LATENT_DIFFUSION, diffusion_mse
 from raytopo.families.treevae import to_unit
@@ -255,12 +255,8 @@ def refine(model: RefinerModel, parsed: ParsedRefiner, cond: Tensor, label: Tens
     generator = torch.Generator(device=parameter.device).manual_seed(settings.seed)
     x = cond + sigmas[0] * torch.randn(cond.shape, generator=generator, device=parameter.device,
                                        dtype=parameter.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return sample_from(denoiser, x, sigmas, settings, generator).clamp(-1, 1)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()

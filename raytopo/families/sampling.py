@@ -19,6 +19,7 @@ import torch
 
 from raytopo.diffusion.samplers import SCHEDULES, USES_ETA, check_sampler_name, karras_sigmas, sample
 from raytopo.errors import ConfigError
+from raytopo.families.base import eval_mode
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,5 @@ def run_sampler(family: Any, model: torch.nn.Module, run: Any, n: int, cond: Map
     kwargs = family.model_kwargs({k: v.to(device) for k, v in cond.items()}) if cond else {}
     denoiser = DiscreteVPDenoiser(model, family.diffusion(run), kwargs, clip=settings.clip)
     shape = (n, parsed.unet.in_channels, parsed.unet.image_size, parsed.unet.image_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return sample_with(denoiser, shape, settings, device, parameter.dtype)
-    finally:
-        model.train(was_training)

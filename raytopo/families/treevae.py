@@ -42,7 +42,8 @@ from torch import Tensor
 
 from raytopo.config import from_dict
 from raytopo.errors import ConfigError
-from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext, stage_bounds, stage_index_at
+from raytopo.families.base import (FamilyDefaults, ParamGroup, Stage, StepContext, eval_mode, stage_bounds,
+                                   stage_index_at)
 from raytopo.models.treevae import TreeVAE, TreeVAESettings, choose_leaf_to_grow, leaves_to_prune
 from raytopo.models.treevae.structure import node_key
 
@@ -233,12 +234,8 @@ def freeze_batch_norms(model: torch.nn.Module) -> None:
 def evaluate_terms(model: TreeVAE, images: Tensor, batch: int = 256) -> dict[str, Tensor]:
     """q-routing leaf probabilities and per-image reconstruction terms of ``images`` in [-1, 1], eval mode,
     posterior means."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         parts = [model(to_unit(images[i:i + batch]), sample=False) for i in range(0, len(images), batch)]
-    finally:
-        model.train(was_training)
     return {key: torch.cat([part[key] for part in parts]) for key in ("leaf_probabilities", "rec")}
 
 
@@ -274,12 +271,8 @@ def prune_small_leaves(model: TreeVAE, batches: Any, config: TreeModelConfig) ->
 @torch.no_grad()
 def generate(model: TreeVAE, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """(images [n, L, C, H, W] in [0, 1], p-routing leaf probabilities [n, L]) from ``seed``, eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model.generate(n, torch.Generator().manual_seed(seed))
-    finally:
-        model.train(was_training)
 
 
 def leaf_shares(model: TreeVAE, images: Tensor) -> list[float]:
@@ -292,12 +285,8 @@ def leaf_shares(model: TreeVAE, images: Tensor) -> list[float]:
 @torch.no_grad()
 def reconstruct(model: TreeVAE, images: Tensor) -> Tensor:
     """Each image's reconstruction by its most probable leaf, in [-1, 1]."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         terms = model(to_unit(images), sample=False)
-    finally:
-        model.train(was_training)
     best = terms["leaf_probabilities"].argmax(dim=1)
     return terms["reconstructions"][torch.arange(len(images)), best].clamp(0, 1) * 2 - 1
 
