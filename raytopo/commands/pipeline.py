@@ -71,14 +71,10 @@ def load_stage(checkpoint: Path, conditions: str, flag: str, expected: str) -> t
 
 def generate_masks(stage: tuple[Any, Any, torch.nn.Module], args: PipelineArgs) -> tuple[torch.Tensor, dict]:
     """``per_count`` binary masks ({-1, 1}) for every requested count, and the counts they were asked for."""
-    from raytopo.commands.sample import generate, parse_counts, warn_outside_training_range
+    from raytopo.commands.sample import count_conditions, generate
 
     family, run, model = stage
-    counts_per_image = 2 if run.data.convention == "two_counts" else 1
-    requested = parse_counts(args.counts, counts_per_image)
-    warn_outside_training_range(requested, run.data.min_count, run.data.max_count)
-    targets = [t for t in requested for _ in range(args.per_count)]
-    cond = {"counts": torch.tensor(targets, dtype=torch.float32)}
+    cond, targets = count_conditions(run, args.counts, args.per_count)
     masks = generate(family, run, model, cond, len(targets), args.settings, args.batch_size)
     masks = masks[:, :1].float().cpu()
     return torch.where(masks > 0, 1.0, -1.0), cond

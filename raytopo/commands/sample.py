@@ -78,11 +78,7 @@ def run_sample(args: SampleArgs) -> int:
     conditions = family.sampling_conditions(run)
     _check_flags(args, conditions, run.family)
     if conditions == "counts":
-        counts_per_image = 2 if run.data.convention == "two_counts" else 1
-        requested = parse_counts(args.counts, counts_per_image)
-        warn_outside_training_range(requested, run.data.min_count, run.data.max_count)
-        targets = [t for t in requested for _ in range(args.per_count)]
-        cond = {"counts": torch.tensor(targets, dtype=torch.float32)}
+        cond, targets = count_conditions(run, args.counts, args.per_count)
     elif conditions == "classes":
         names = family.class_names(run) if hasattr(family, "class_names") else None
         cond = class_conditions(family, run, args.per_count, args.classes, names)
@@ -106,6 +102,16 @@ def run_sample(args: SampleArgs) -> int:
         grid_path = write_grid(images, args.out)
     print(f"wrote {len(paths)} samples to {args.out} and a grid to {grid_path}")
     return 0
+
+
+def count_conditions(run: Any, text: str, per_count: int) -> tuple[dict[str, torch.Tensor], list[tuple[float, ...]]]:
+    """``{"counts": [N, k]}`` for ``--counts`` text (each target ``per_count`` times, a warning for counts outside
+    the training range) and the targets as tuples, in order."""
+    counts_per_image = 2 if run.data.convention == "two_counts" else 1
+    requested = parse_counts(text, counts_per_image)
+    warn_outside_training_range(requested, run.data.min_count, run.data.max_count)
+    targets = [t for t in requested for _ in range(per_count)]
+    return {"counts": torch.tensor(targets, dtype=torch.float32)}, targets
 
 
 def _check_flags(args: SampleArgs, conditions: str, family: str) -> None:
