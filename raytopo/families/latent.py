@@ -115,18 +115,10 @@ def parse_latent(run: Any) -> ParsedLatent:
 
 @functools.lru_cache(maxsize=8)
 def _directory_geometry(path: str) -> tuple[int, int, int]:
-    import json
-    from pathlib import Path
+    """(image channels, latent channels, downsampling) of a ``vae_path`` directory, from its config alone."""
+    from raytopo.models.latent.networks import autoencoder_geometry, read_autoencoder_config
 
-    from raytopo.models.latent.networks import load_autoencoder
-
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        load_autoencoder(path)   # raises the one-line error
-    values = json.loads(config.read_text())
-    if values.get("_class_name") != "AutoencoderKL":
-        load_autoencoder(path)
-    return int(values["in_channels"]), int(values["latent_channels"]), 2 ** (len(values["block_out_channels"]) - 1)
+    return autoencoder_geometry(read_autoencoder_config(path))
 
 
 def latent_diffusion(parsed: ParsedLatent) -> GaussianDiffusion:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -87,37 +88,44 @@ def build_autoencoder(settings: AutoencoderSettings, image_size: int, channels: 
                          sample_size=image_size, mid_block_add_attention=settings.mid_attention)
 
 
-def load_autoencoder(path: str | Path):
-    """A local diffusers ``AutoencoderKL`` directory (``save_pretrained``), never downloaded.
+def read_autoencoder_config(path: str | Path) -> dict:
+    """The ``config.json`` of a local diffusers ``AutoencoderKL`` directory, without loading its weights.
 
     Raises InputError (one line) when ``path`` is not such a directory.
     """
-    from diffusers import AutoencoderKL
+    import json
 
-    directory = Path(path)
-    config = directory / "config.json"
+    config = Path(path) / "config.json"
     if not config.is_file():
         raise InputError(f"model.vae_path {path}: expected a diffusers AutoencoderKL directory (config.json + "
                          "weights, as save_pretrained writes it), found no config.json")
     try:
-        import json
-
-        class_name = json.loads(config.read_text()).get("_class_name")
+        values = json.loads(config.read_text())
     except ValueError:
-        class_name = None
+        values = {}
+    class_name = values.get("_class_name") if isinstance(values, dict) else None
     if class_name != "AutoencoderKL":
         raise InputError(f"model.vae_path {path}: expected a diffusers AutoencoderKL directory, its config.json "
                          f"names {class_name!r}")
+    return values
+
+
+def load_autoencoder(path: str | Path):
+    """A local diffusers ``AutoencoderKL`` directory (``save_pretrained``), never downloaded; InputError (one
+    line) when ``path`` is not one (`read_autoencoder_config`) or its weights do not load."""
+    from diffusers import AutoencoderKL
+
+    read_autoencoder_config(path)
     try:
-        return AutoencoderKL.from_pretrained(str(directory), local_files_only=True)
+        return AutoencoderKL.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise InputError(f"model.vae_path {path}: cannot load the autoencoder: {str(error).splitlines()[0]}") from None
 
 
-def autoencoder_geometry(vae) -> tuple[int, int, int]:
-    """(image channels, latent channels, downsampling factor) of an ``AutoencoderKL``."""
-    config = vae.config
-    return int(config.in_channels), int(config.latent_channels), 2 ** (len(config.block_out_channels) - 1)
+def autoencoder_geometry(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(image channels, latent channels, downsampling factor) of an ``AutoencoderKL`` config."""
+    return (int(config["in_channels"]), int(config["latent_channels"]),
+            2 ** (len(config["block_out_channels"]) - 1))
 
 
 def build_unet(settings: UNetSettings, latent_size: int, latent_channels: int, num_classes: int):
