@@ -231,19 +231,23 @@ def kmeans_baseline(
     return best_assign.astype(np.int64)
 
 
+def flat_scores(labels: Sequence | np.ndarray, clusters: Sequence | np.ndarray) -> dict[str, float]:
+    """ACC, NMI, ARI and leaf purity of a flat clustering (any hashable cluster ids) against class labels."""
+    _, cluster_ids = np.unique(np.asarray(clusters).ravel().astype(str), return_inverse=True)
+    label_array = np.asarray(labels).ravel()
+    return {
+        "acc": clustering_accuracy(label_array, cluster_ids),
+        "nmi": normalized_mutual_info(label_array, cluster_ids),
+        "ari": adjusted_rand_index(label_array, cluster_ids),
+        "leaf_purity": leaf_purity(label_array, cluster_ids),
+    }
+
+
 def clustering_scores(labels: Sequence | np.ndarray, leaf_paths: Sequence[str]) -> dict[str, float]:
     """ACC, NMI, ARI, leaf purity and dendrogram purity of a tree clustering against class labels.
 
-    The flat clusters are the leaves (``leaf_paths`` mapped to integers). Keys: ``"acc"``, ``"nmi"``,
-    ``"ari"``, ``"leaf_purity"``, ``"dendrogram_purity"``.
+    The flat clusters are the leaves (`flat_scores`). Keys: ``"acc"``, ``"nmi"``, ``"ari"``,
+    ``"leaf_purity"``, ``"dendrogram_purity"``.
     """
-    paths = np.asarray([str(p) for p in np.asarray(leaf_paths, dtype=object).ravel()], dtype=object)
-    _, clusters = np.unique(paths.astype(str), return_inverse=True)
-    label_array = np.asarray(labels).ravel()
-    return {
-        "acc": clustering_accuracy(label_array, clusters),
-        "nmi": normalized_mutual_info(label_array, clusters),
-        "ari": adjusted_rand_index(label_array, clusters),
-        "leaf_purity": leaf_purity(label_array, clusters),
-        "dendrogram_purity": dendrogram_purity(label_array, list(paths)),
-    }
+    paths = [str(p) for p in np.asarray(leaf_paths, dtype=object).ravel()]
+    return {**flat_scores(labels, paths), "dendrogram_purity": dendrogram_purity(np.asarray(labels).ravel(), paths)}

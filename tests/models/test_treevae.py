@@ -117,6 +117,24 @@ def test_leaf_probabilities_sum_to_one_through_grow_and_prune():
     assert model.structure()["pass_through"] == ["10"]
 
 
+def test_node_probability_is_the_leaf_mass_under_the_node():
+    """P(node | x) from the routers alone equals the sum of the forward pass's leaf probabilities under it,
+    through a pass-through node too."""
+    model = tiny_model()
+    model.grow("1")
+    model.grow("10")
+    model.prune("100")                                                    # "10" becomes pass-through
+    model.eval()
+    x = images(6)
+    out = run(model, x, seed=None)
+    columns = {path: out["leaf_probabilities"][:, i] for i, path in enumerate(out["leaf_paths"])}
+    for node in model.node_paths():
+        below = sum(p for path, p in columns.items() if path.startswith(node))
+        assert torch.allclose(model.node_probability(x, node), below, atol=1e-6), node
+    with pytest.raises(InputError):
+        model.node_probability(x, "01")
+
+
 # ------------------------------------------------------------------------------------------------ 2. KL identities
 
 

@@ -37,7 +37,8 @@ def test_the_tree_grows_at_each_grow_stage_and_only_the_new_subtree_trains(unint
     before, first, second = (checkpoint_at(uninterrupted, step) for step in (2, 4, 6))
     assert before.structure["tree"]["leaves"] == ["0", "1"]
     grown = first.structure["grown"]["grow1"]
-    assert len(first.structure["tree"]["leaves"]) == 3 and grown in before.structure["tree"]["leaves"]
+    assert len(first.structure["tree"]["leaves"]) == 3 and grown["leaf"] in before.structure["tree"]["leaves"]
+    assert grown["min_probability"] == 0.5  # min(1 / n_eff, 0.5) with the root's two leaves
     assert len(second.structure["tree"]["leaves"]) == 4 and set(second.structure["grown"]) == {"grow1", "grow2"}
     # grow1 trained only the new subtree: every tensor that existed before (but the split leaf's decoder,
     # removed) is unchanged after it, batch-norm statistics included.

@@ -87,11 +87,13 @@ class GaussianHead(nn.Module):
 
 
 class Transformation(nn.Module):
-    """Top-down prior ``p(z_n | z_parent) = N(mu_p, var_p)``: ``Linear -> BN -> LeakyReLU`` then a Gaussian head."""
+    """The reference's ``MLP``: ``Linear -> BN -> LeakyReLU`` then a Gaussian head. As the top-down prior
+    ``p(z_n | z_parent) = N(mu_p, var_p)`` it maps a latent to a latent; with ``in_features`` it is a contrastive
+    projection of a bottom-up feature (only its mean is used)."""
 
-    def __init__(self, latent_dim: int, hidden: int, slope: float) -> None:
+    def __init__(self, latent_dim: int, hidden: int, slope: float, in_features: int | None = None) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_hidden(latent_dim, hidden, slope))
+        self.body = nn.Sequential(*_hidden(in_features or latent_dim, hidden, slope))
         self.head = GaussianHead(hidden, latent_dim)
 
     def forward(self, z_parent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

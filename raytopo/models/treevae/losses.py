@@ -82,3 +82,33 @@ def reference_loss(terms: dict, alpha: float | torch.Tensor = 1.0) -> torch.Tens
     kl_nodes = terms["kl_nodes"].mean().clamp(*BATCH_KL_NODES_CLAMP)
     kl = terms["kl_root"].mean() + kl_nodes + terms["kl_decisions"].mean()
     return terms["rec"].mean() + alpha * kl
+
+
+def info_nce(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample InfoNCE (NT-Xent) of the pairs ``(first_i, second_i)``, ``[2B]``: with ``u`` the L2-normalised
+    rows of ``[first; second]`` and ``s_ij = exp(u_i . u_j / temperature)``, sample ``i``'s loss is
+    ``-log(s_{i,pair(i)} / sum_{j != i} s_ij)`` (reference ``calc_aug_loss``; Chen et al. 2020, eq. 1)."""
+    first, second = F.normalize(first, dim=1), F.normalize(second, dim=1)
+    pair = torch.exp((first * second).sum(dim=1) / temperature).repeat(2)
+    rows = torch.cat([first, second])
+    similarity = torch.exp(rows @ rows.t() / temperature)
+    others = similarity.sum(dim=1) - similarity.diagonal()
+    return -torch.log(pair / others)
+
+
+def decision_contrast(q_left: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+    """Contrastive term of one routing decision on a batch ``[view 1; view 2]`` (brief section 1 "Contrastive"):
+    InfoNCE at temperature 1 between the two views' normalised ``[q, 1 - q]``, averaged with the node's
+    detached path probability as the weight (``sum P l / sum P``)."""
+    half = len(q_left) // 2
+    decisions = torch.stack([q_left, 1.0 - q_left], dim=1)
+    weight = prob.detach()
+    return (weight * info_nce(decisions[:half], decisions[half:], 1.0)).sum() / weight.sum().clamp_min(EPS)
+
+
+def instance_contrast(embeddings: list[torch.Tensor], temperature: float = 0.5) -> torch.Tensor:
+    """Instance-wise InfoNCE (temperature 0.5) between the two views of every bottom-up projection, averaged over
+    the projections (the reference's ``instancewise_full``)."""
+    half = len(embeddings[0]) // 2
+    losses = [info_nce(e[:half], e[half:], temperature).mean() for e in embeddings]
+    return torch.stack(losses).mean()

@@ -22,6 +22,7 @@ class TreeVAESettings:
     max_depth: int = 5
     recon: Reconstruction = "bce"
     negative_slope: float = 0.3
+    contrastive: bool = False  # adds a projection per bottom-up feature for the instance-wise contrastive term
 
     def __post_init__(self) -> None:
         for name in ("channels", "latent_dim", "hidden", "max_depth"):

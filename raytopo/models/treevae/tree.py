@@ -35,7 +35,9 @@ from raytopo.errors import InputError
 from raytopo.models.treevae.layers import BottomUp, Encoder, GaussianHead, LeafDecoder, Router, Transformation
 from raytopo.models.treevae.losses import (
     EPS,
+    decision_contrast,
     decision_kl,
+    instance_contrast,
     leaf_reconstruction,
     node_kl,
     precision_weighted_posterior,
@@ -65,6 +67,10 @@ class TreeVAE(nn.Module):
         self.routers = nn.ModuleDict()
         self.routers_q = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
+        if settings.contrastive:
+            self.projections = nn.ModuleList(
+                Transformation(settings.latent_dim, settings.hidden, settings.negative_slope, in_features=width)
+                for width in dims)
         internal, leaves = set(structure["internal"]), set(structure["leaves"])
         for path in bfs_order([p for paths in structure.values() for p in paths]):
             self._add_node(path)
@@ -238,6 +244,21 @@ class TreeVAE(nn.Module):
             features.append(layer(features[-1]))
         return features
 
+    def node_probability(self, x: torch.Tensor, path: str) -> torch.Tensor:
+        """q-routing ``P(path | x)`` ``[B]``: the product of the ``routers_q`` decisions from the root down to the
+        node (a pass-through node forwards its probability). It needs only the bottom-up features, not the
+        top-down samples, so it is deterministic in eval mode and cheap: the reference selects a grow stage's data
+        by this probability of the leaf being split (``get_ind_small_tree``)."""
+        self.node_kind(path)
+        features = self.bottom_up_features(x)
+        prob = x.new_ones(x.shape[0])
+        for depth in range(len(path)):
+            parent = path[:depth]
+            if self.node_kind(parent) == "internal":
+                q_left = self.routers_q[node_key(parent)](features[-1 - depth])
+                prob = prob * (q_left if path[depth] == "0" else 1.0 - q_left)
+        return prob
+
     @staticmethod
     def _sample(mu: torch.Tensor, var: torch.Tensor, sample: bool, generator: torch.Generator | None) -> torch.Tensor:
         """``mu + sqrt(var + EPS) * noise`` (``mu`` itself when ``sample`` is False)."""
@@ -247,7 +268,7 @@ class TreeVAE(nn.Module):
         return mu + torch.sqrt(var + EPS) * noise
 
     def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None,
-                return_nodes: bool = False) -> dict:
+                return_nodes: bool = False, paired_views: bool = False) -> dict:
         """Reconstruct ``x`` (``[B, C, S, S]``, in [0, 1] for ``bce``) through the tree with q-routing.
 
         Returns per-sample ``[B]`` terms:
@@ -258,7 +279,10 @@ class TreeVAE(nn.Module):
           reference's batch-level ``clamp(mean, -10, 1e10)``, which :func:`reference_loss` applies;
         - ``kl_decisions = sum_{internal n} P(n) * decision_kl(q_n, p_n)``;
 
-        and ``leaf_probabilities`` ``[B, L]``, ``reconstructions`` ``[B, L, C, S, S]``, ``leaf_paths``. Nodes draw
+        and ``leaf_probabilities`` ``[B, L]``, ``reconstructions`` ``[B, L, C, S, S]``, ``leaf_paths``. With
+        ``paired_views`` the batch is ``[view 1; view 2]`` of the same images and ``aug`` (a scalar) is the
+        contrastive term: ``decision_contrast`` summed over the internal nodes, plus, with ``settings.contrastive``,
+        ``instance_contrast`` of the projections of every bottom-up feature. Nodes draw
         their noise breadth-first from ``generator`` (the global RNG by default); ``sample=False`` uses
         ``z = mu_q`` everywhere. ``return_nodes`` adds ``nodes``: per path, ``mu_q, var_q, mu_p, var_p, z, prob``.
         """
@@ -266,6 +290,8 @@ class TreeVAE(nn.Module):
         batch = x.shape[0]
         zeros = x.new_zeros(batch)
         kl_root, kl_nodes, kl_decisions = zeros, zeros, zeros
+        aug = instance_contrast([p(d)[0] for p, d in zip(self.projections, features)]) \
+            if paired_views and self.settings.contrastive else x.new_zeros(())
         probs, recons, paths, nodes = [], [], [], {}
         queue = deque([("", x.new_ones(batch), None)])
         while queue:
@@ -291,6 +317,8 @@ class TreeVAE(nn.Module):
                 p_left = self.routers[node_key(path)](z)
                 q_left = self.routers_q[node_key(path)](d)
                 kl_decisions = kl_decisions + prob * decision_kl(q_left, p_left)
+                if paired_views:
+                    aug = aug + decision_contrast(q_left, prob)
                 queue.append((path + "0", prob * q_left, z))
                 queue.append((path + "1", prob * (1.0 - q_left), z))
             elif kind == "leaf":
@@ -306,6 +334,8 @@ class TreeVAE(nn.Module):
                "leaf_paths": paths}
         if return_nodes:
             out["nodes"] = nodes
+        if paired_views:
+            out["aug"] = aug
         return out
 
     @torch.no_grad()

@@ -1,0 +1,80 @@
+"""The ``treevae`` family's grow stage trains the new subtree on the rows that reach the split leaf (the reference's
+SmallTreeVAE data, ``get_ind_small_tree``). Truth: the router-only probability ``node_probability`` checked against
+the forward pass in tests/models/test_treevae.py, and the same loss on a batch stripped of the other rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raytopo.data.sources import in_memory_arrays
+from raytopo.families.base import StepContext
+from raytopo.families.treevae import split_leaf_rows, to_unit
+from raytopo.registry import get_family
+from raytopo.train.config import parse_run_config
+from raytopo.train.loop import make_optimizer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _grown_model(**model):
+    run = parse_run_config({
+        "family": "treevae",
+        "model": {"tree": {"latent_dim": 4, "hidden": 16, "encoder_channels": [4, 8, 8], "max_depth": 3},
+                  "schedule": {"root": 1, "grow": 1, "grows": 1, "finetune": 1}, "decision_batches": 2, **model},
+        "data": {"source": "garments", "image_size": 16, "num_images": 64},
+        "train": {"steps": 3, "batch_size": 8}})
+    family = get_family("treevae")
+    torch.manual_seed(0)
+    model = family.build(run)
+    images = torch.from_numpy(in_memory_arrays(run.data)["image"])
+    batches = iter([{"image": images[i:i + 8]} for i in range(0, 64, 8)])
+    grow = family.stages(run)[1]
+    model = family.enter_stage(model, run, grow, batches)
+    make_optimizer(family, model, run, grow)                  # freezes everything but the new subtree
+    ctx = StepContext(step=1, device=torch.device("cpu"), extras=family.setup(run))
+    return family, model, ctx, images
+
+
+def _losses(family, model, ctx, images):
+    ctx.generator = torch.Generator().manual_seed(5)
+    return family.losses(model, {"image": images}, ctx)
+
+
+def test_a_grow_stage_trains_on_the_rows_that_reach_the_split_leaf_only():
+    family, model, ctx, images = _grown_model()
+    grown = model.grown["grow1"]
+    assert grown["min_probability"] == 0.5
+    with torch.no_grad():  # the path to the leaf is frozen, so eval mode is the mode the grow stage runs it in
+        reach = model.eval().node_probability(to_unit(images), grown["leaf"])
+        grown["min_probability"] = threshold = float(reach.median())   # an untrained router: split the batch
+        rows = torch.nonzero(reach >= threshold)[:, 0]
+        assert torch.equal(split_leaf_rows(model, to_unit(images), grown["leaf"], threshold), rows)
+    model.train()
+    assert 2 <= len(rows) < len(images)
+    whole, stripped = _losses(family, model, ctx, images), _losses(family, model, ctx, images[rows])
+    assert whole["rec"].shape == (len(rows),)
+    for name in ("rec", "kl"):
+        assert torch.allclose(whole[name], stripped[name], atol=1e-5), name
+
+
+def test_a_batch_that_misses_the_leaf_still_trains_on_its_two_most_probable_rows():
+    _, model, _, images = _grown_model()
+    model.eval()
+    leaf = model.grown["grow1"]["leaf"]
+    with torch.no_grad():
+        reach = model.node_probability(to_unit(images), leaf)
+        chosen = split_leaf_rows(model, to_unit(images), leaf, min_probability=1.1)
+    assert sorted(chosen.tolist()) == sorted(reach.topk(2).indices.tolist())
+
+
+def test_with_an_augmentation_weight_each_image_gives_two_views_and_an_aug_term():
+    family, model, ctx, images = _grown_model(augmentation_weight=10.0)
+    assert hasattr(model, "projections")
+    model.grown.clear()                                      # the whole tree trains: every row, both views
+    terms = _losses(family, model, ctx, images[:8])
+    assert terms["rec"].shape == (16,) and terms["aug"].dim() == 0
+    unweighted = _grown_model(augmentation_weight=1.0)
+    unweighted[1].load_state_dict(model.state_dict())
+    unweighted[1].grown.clear()
+    assert torch.allclose(terms["aug"], 10 * _losses(*unweighted[:3], images[:8])["aug"], rtol=1e-5)
