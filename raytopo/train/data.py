@@ -30,6 +30,27 @@ from raytopo.errors import ConfigError
 Batch = dict[str, torch.Tensor]
 
 
+def check_batch_fits(data: DataConfig, batch_size: int, workers: int) -> None:
+    """A batch must hold distinct images: fail on the driver when a worker's share of an in-memory data set is
+    smaller than ``batch_size`` (the iterator would repeat rows inside one batch, and TreeVAE's growth rule,
+    which skips leaves holding fewer confident samples than a batch, would never grow the tree).
+
+    Raises:
+        InputError: one line naming the sizes.
+    """
+    from raytopo.errors import InputError
+
+    source = get_source(data.source)
+    if source.streamed:
+        return
+    count = data.num_images if source.generated else len(in_memory_arrays(data)["image"])
+    share = count // max(1, workers)
+    if share < batch_size:
+        where = f"data.num_images {count}" if source.generated else f"data.path {data.path}: {count} images"
+        raise InputError(f"{where} give {share} per worker ({max(1, workers)} workers), fewer than "
+                         f"train.batch_size {batch_size}; lower the batch size or add images")
+
+
 def batch_iterator(data: DataConfig, batch_size: int, rank: int, world: int, seed: int,
                    start_step: int, device: torch.device) -> Iterator[Batch]:
     """Endless batches for one worker, positioned at ``start_step`` (so a resume does not repeat data)."""

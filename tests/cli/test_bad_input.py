@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -97,6 +99,18 @@ def test_bad_arrays_fail_before_ray(tmp_path, capsys, array, expected) -> None:
     np.save(tmp_path / "images.npy", array)
     _fails(["train", _train_config(tmp_path, {"source": "npy", "path": str(tmp_path / "images.npy")},
                                    family="adm")], capsys, "images.npy", expected)
+
+
+def test_a_data_set_smaller_than_a_batch_fails_before_ray(tmp_path, capsys, monkeypatch) -> None:
+    import raytopo.train.trainer as trainer
+
+    monkeypatch.setattr(trainer, "ensure_ray", lambda *a, **k: pytest.fail("Ray started"))
+    np.save(tmp_path / "images.npy", np.zeros((3, 16, 16), dtype=np.uint8))
+    config = _train_config(tmp_path, {"source": "npy", "path": str(tmp_path / "images.npy")}, family="adm")
+    _fails(["train", config, "--set", "train.batch_size=4"], capsys, "images.npy: 3 images", "train.batch_size 4")
+    treevae = str(Path(__file__).resolve().parents[2] / "configs" / "treevae.yaml")
+    _fails(["train", treevae, "--set", "data.num_images=64", "--set", f"ray.storage_path={tmp_path}"], capsys,
+           "data.num_images 64", "fewer than train.batch_size 128")
 
 
 def test_a_config_whose_image_cannot_hold_the_counts(tmp_path, capsys) -> None:
