@@ -105,6 +105,17 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     )
 
 
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: str | Path) -> None:
+    """``model.load_state_dict(weights)`` (strict); weights that do not fit the model its config and structure
+    describe (a tree edited by hand, a file from another run) raise one InputError line naming the checkpoint."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise InputError(f"{checkpoint}: its weights do not fit the model its config and structure describe "
+                         f"({first[:240]})") from None
+
+
 def load_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     """The run config a checkpoint was written with (its ``config.json``), without loading any weights."""
     from raytopo.pretrained import resolve

@@ -58,13 +58,13 @@ def base_structure(path: str) -> dict[str, Any]:
 
 def load_base(path: str, family: str, field: str) -> torch.nn.Module:
     """The trained model of a base checkpoint: EMA weights, strict load, built from its own structure."""
-    from raytopo.checkpoint import load_checkpoint
+    from raytopo.checkpoint import load_checkpoint, load_weights
     from raytopo.registry import get_family
 
     run = base_run(path, family, field)
     data = load_checkpoint(path, with_optimizer=False)
     model = get_family(family).build(run, data.structure or None)
-    model.load_state_dict(data.ema)
+    load_weights(model, data.ema, path)
     return model
 
 

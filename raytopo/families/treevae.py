@@ -121,7 +121,9 @@ class TreeVAEFamily(FamilyDefaults):
     def build(self, run: Any, structure: dict[str, Any] | None = None) -> TreeVAE:
         parsed = self.parse(run)
         model = TreeVAE(parsed.settings, (structure or {}).get("tree"))
-        model.grown = dict((structure or {}).get("grown", {}))
+        # checkpoints written before the grow stages selected rows name a bare leaf: they trained on every row
+        model.grown = {stage: entry if isinstance(entry, dict) else {"leaf": entry, "min_probability": 0.0}
+                       for stage, entry in (structure or {}).get("grown", {}).items()}
         return model
 
     def structure(self, model: torch.nn.Module) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raytopo.checkpoint import load_checkpoint
+from raytopo.checkpoint import load_checkpoint, load_weights
 
 
 def load_model_for_sampling(checkpoint: Path):
@@ -20,5 +20,5 @@ def load_model_for_sampling(checkpoint: Path):
     run = parse_run_config(data.config)
     family = get_family(run.family)
     model = family.build(run, data.structure or None)
-    model.load_state_dict(data.ema)
+    load_weights(model, data.ema, checkpoint)
     return family, run, model.eval()

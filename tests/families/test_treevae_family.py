@@ -118,3 +118,24 @@ def test_real_data_sources_train_and_score_with_their_labels(source, tmp_path):
     scores = family.evaluate_model(model, run, None, 2, 8)                     # 20 held-out images
     assert set(scores) == family.metric_names(run)
     assert 0.5 <= scores["acc"] <= 1 and scores["judge_accuracy"] >= 0.5
+
+
+def test_a_checkpoint_whose_tree_does_not_match_its_weights_fails_in_one_line(tmp_path, capsys):
+    import json
+    import shutil
+
+    from raytopo.cli import main
+    from raytopo.pretrained import resolve
+
+    edited = tmp_path / "edited"
+    shutil.copytree(resolve("pretrained:treevae_garments28"), edited)
+    state = json.loads((edited / "state.json").read_text())
+    tree = state["structure"]["tree"]
+    tree["internal"].remove("111")                           # "111" listed as a leaf: no decoder weights for it
+    tree["leaves"] = [p for p in tree["leaves"] if not p.startswith("111")] + ["111"]
+    (edited / "state.json").write_text(json.dumps(state))
+    status = main(["sample", str(edited), "--per-count", "2", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(error) == 1 and "Traceback" not in error[0]
+    assert str(edited) in error[0] and "do not fit the model" in error[0]
+    assert not (tmp_path / "out").exists()
