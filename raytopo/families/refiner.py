@@ -10,7 +10,7 @@ dropped to the null index with probability ``label_drop`` (per sample; the refer
 is eps-MSE (Ho et al. 2020, eq. 14; linear betas 1e-4..0.02, 1000 steps).
 
 Sampling starts where the reference's does, at x_T = sqrt(abar_T) c + sqrt(1 - abar_T) eps, and runs any raytopo
-sampler (DDIM-50 by default instead of 1000 ancestral steps) with guidance eps_u + s (eps_c - eps_u) on the leaf
+sampler (DDIM-50 with eta 1 by default, `DEFAULT_ETA`, instead of 1000 ancestral steps) with guidance eps_u + s (eps_c - eps_u) on the leaf
 (the reference's (1 + w) eps_c - w eps_u with s = 1 + w). Modes: `refined_samples` (a root sample routed by p,
 its most probable or a sampled leaf, refined), `refined_leaves` (every leaf of one root sample) and
 `refined_reconstructions` (a real image's reconstructions; the reference noised the real image instead).
@@ -235,6 +235,16 @@ def _diffusion(parsed: ParsedRefiner):
     return build_diffusion(parsed.diffusion, "")
 
 
+DEFAULT_ETA = 1.0
+"""The refiner samples stochastically unless told otherwise (``eta`` None -> 1; ``--eta 0`` for plain DDIM).
+Measured on the garments refiner after 1500 steps, 16 held-out reconstructions: deterministic samplers (DDIM
+eta 0 at 25 and 250 steps, DPM-Solver++(2M) at 25) turned 5-6 of them into speckle (mean vertical pixel
+difference 0.17-0.58 against 0.08-0.15 for the real images; MSE to the real images 0.08-0.14), while DDIM eta 1
+and Euler ancestral at 25 steps stayed within the real images' range (0.04-0.11; MSE 0.023), like the
+reference's ancestral sampler. The eps-prediction model's x0 estimates at high noise are ill-conditioned (an eps error is multiplied
+by sigma), and only the re-injected noise lets later steps correct them."""
+
+
 @torch.no_grad()
 def refine(model: RefinerModel, parsed: ParsedRefiner, cond: Tensor, label: Tensor, settings: Any) -> Tensor:
     """Refined versions of TreeVAE images ``cond`` [n, C, H, W] in [-1, 1] made by leaves ``label`` (the null
@@ -246,6 +256,8 @@ def refine(model: RefinerModel, parsed: ParsedRefiner, cond: Tensor, label: Tens
     if label.numel() and (int(label.min()) < 0 or int(label.max()) > model.leaves):
         raise InputError(f"leaf: expected indices 0..{model.leaves - 1} (or {model.leaves}, none), got "
                          f"{sorted(set(label.tolist()))}")
+    if settings.eta is None:
+        settings = replace(settings, eta=DEFAULT_ETA)
     parameter = next(model.unet.parameters())
     cond, label = cond.to(parameter.device, parameter.dtype), label.to(parameter.device).long()
     guidance = parsed.config.guidance if settings.guidance is None else settings.guidance

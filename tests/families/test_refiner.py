@@ -83,6 +83,17 @@ def test_with_the_condition_zeroed_it_is_an_unconditional_ddpm(treevae_checkpoin
     torch.testing.assert_close(refined, expected, rtol=0, atol=1e-5)
 
 
+def test_the_default_sampler_is_stochastic_ddim(treevae_checkpoint):
+    family, run = get_family("diffuse_treevae"), refiner_run(treevae_checkpoint)
+    torch.manual_seed(0)
+    model = family.build(run).eval()
+    parsed = family.parse(run)
+    cond, leaf = torch.rand(2, 1, 16, 16) * 2 - 1, torch.tensor([0, 1])
+    default = refine(model, parsed, cond, leaf, SamplerSettings(steps=4, seed=1))
+    assert torch.equal(default, refine(model, parsed, cond, leaf, SamplerSettings(steps=4, seed=1, eta=1.0)))
+    assert not torch.allclose(default, refine(model, parsed, cond, leaf, SamplerSettings(steps=4, seed=1, eta=0.0)))
+
+
 def test_28_pixel_images_are_padded_for_the_unet_and_cropped(tmp_path):
     data = {"source": "garments", "image_size": 28, "num_images": 8}
     path = write_treevae(tmp_path / "tree28", data=data)
