@@ -197,11 +197,21 @@ class RefinerFamily(FamilyDefaults):
         return refined_samples(model, self.parse(run), n, settings)[0]
 
     def preview(self, model: RefinerModel, run: Any) -> dict[str, tuple[Tensor, list[str] | None]]:
-        """Eight TreeVAE samples above their refined versions."""
+        """The three sampling modes, each unrefined above refined: eight TreeVAE samples (``refined``), every
+        leaf of one root sample (``leaves``, captioned with the leaf's path) and eight held-out images above
+        their reconstructions (``reconstructions``)."""
+        from raytopo.data.sources import held_out_arrays
         from raytopo.families.sampling import SamplerSettings
 
-        refined, unrefined, _ = refined_samples(model, self.parse(run), 8, SamplerSettings(steps=run.train.sample_steps))
-        return {"refined": (torch.cat([unrefined, refined]), None)}
+        parsed, settings = self.parse(run), SamplerSettings(steps=run.train.sample_steps)
+        refined, unrefined, _ = refined_samples(model, parsed, 8, settings)
+        sharp_leaves, blurry_leaves = refined_leaves(model, parsed, settings)
+        paths = [path or "root" for path in model.treevae.leaf_paths]
+        images = torch.from_numpy(held_out_arrays(run.data, 8)["image"])
+        sharp_reconstructions, blurry_reconstructions = refined_reconstructions(model, parsed, images, settings)
+        return {"refined": (torch.cat([unrefined, refined]), None),
+                "leaves": (torch.cat([blurry_leaves, sharp_leaves]), paths * 2),
+                "reconstructions": (torch.cat([images, blurry_reconstructions, sharp_reconstructions]), None)}
 
     def evaluate_model(self, model: RefinerModel, run: Any, settings: Any, per_count: int,
                        batch_size: int) -> dict[str, float]:

@@ -201,8 +201,9 @@ class TreeVAEFamily(FamilyDefaults):
         return images[torch.arange(n), probabilities.argmax(dim=1)].clamp(0, 1) * 2 - 1
 
     def preview(self, model: TreeVAE, run: Any) -> dict[str, tuple[Tensor, list[str] | None]]:
-        """Four samples per leaf (rows: leaves, captioned with path and share of the held-out data) and
-        held-out images above their most probable reconstruction."""
+        """Four samples per leaf (rows: leaves, captioned with path and share of the held-out data), held-out
+        images above their most probable reconstruction (captioned with that leaf and its probability) and the
+        tree picture."""
         from raytopo.data.sources import held_out_arrays
 
         images = torch.from_numpy(held_out_arrays(run.data, 256)["image"])
@@ -211,9 +212,10 @@ class TreeVAEFamily(FamilyDefaults):
         rows = samples.transpose(0, 1).flatten(0, 1).clamp(0, 1) * 2 - 1
         captions = [f"{path or 'root'} {share:.0%}" for path, share in zip(model.leaf_paths, shares)
                     for _ in range(4)]
-        reconstructions = reconstruct(model, images[:8])
+        reconstructions, leaves, probabilities = reconstruct(model, images[:8])
+        labels = [""] * 8 + [f"{model.leaf_paths[leaf] or 'root'} {p:.2f}" for leaf, p in zip(leaves, probabilities)]
         picture = torch.from_numpy(tree_image(model, samples, shares)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        return {"leaves": (rows, captions), "reconstructions": (torch.cat([images[:8], reconstructions]), None),
+        return {"leaves": (rows, captions), "reconstructions": (torch.cat([images[:8], reconstructions]), labels),
                 "tree": (picture, None)}
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -359,12 +361,14 @@ def leaf_shares(model: TreeVAE, images: Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def reconstruct(model: TreeVAE, images: Tensor) -> Tensor:
-    """Each image's reconstruction by its most probable leaf, in [-1, 1]."""
+def reconstruct(model: TreeVAE, images: Tensor) -> tuple[Tensor, list[int], list[float]]:
+    """Each image's reconstruction by its most probable leaf, in [-1, 1], with that leaf's index and q-routing
+    probability."""
     with eval_mode(model):
         terms = model(to_unit(images), sample=False)
-    best = terms["leaf_probabilities"].argmax(dim=1)
-    return terms["reconstructions"][torch.arange(len(images)), best].clamp(0, 1) * 2 - 1
+    probability, best = terms["leaf_probabilities"].max(dim=1)
+    images = terms["reconstructions"][torch.arange(len(images)), best].clamp(0, 1) * 2 - 1
+    return images, best.tolist(), probability.tolist()
 
 
 def tree_image(model: TreeVAE, samples: Tensor, shares: list[float]) -> np.ndarray:

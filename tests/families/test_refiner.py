@@ -138,3 +138,18 @@ def test_bad_pairings_and_leaves_fail_in_one_line(treevae_checkpoint, tmp_path):
     with pytest.raises(InputError, match="expected a checkpoint of family 'treevae', it is of family 'ldm'") as error:
         refiner_run(ldm)
     assert "\n" not in str(error.value)
+
+
+def test_the_preview_shows_the_three_sampling_modes(treevae_checkpoint):
+    family = get_family("diffuse_treevae")
+    run = parse_run_config({"family": "diffuse_treevae",
+                            "model": {"treevae": str(treevae_checkpoint), "unet": UNET},
+                            "data": GARMENTS, "train": {"steps": 10, "batch_size": 8, "sample_steps": 2}})
+    torch.manual_seed(0)
+    grids = family.preview(family.build(run).eval(), run)
+    assert set(grids) == {"refined", "leaves", "reconstructions"}
+    assert grids["refined"][0].shape == (16, 1, 16, 16)
+    leaves, captions = grids["leaves"]
+    assert leaves.shape == (6, 1, 16, 16) and captions == ["0", "10", "11"] * 2
+    assert grids["reconstructions"][0].shape == (24, 1, 16, 16)
+    assert all(float(images.abs().max()) <= 1 for images, _ in grids.values())

@@ -139,3 +139,18 @@ def test_a_checkpoint_whose_tree_does_not_match_its_weights_fails_in_one_line(tm
     assert status == 2 and len(error) == 1 and "Traceback" not in error[0]
     assert str(edited) in error[0] and "do not fit the model" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_preview_captions_reconstructions_with_their_leaf_and_probability():
+    from raytopo.pretrained import resolve
+    from raytopo.train.loading import load_model_for_sampling
+
+    family, run, model = load_model_for_sampling(resolve("pretrained:treevae_garments28"))
+    grids = family.preview(model, run)
+    images, captions = grids["reconstructions"]
+    assert images.shape == (16, 1, 28, 28) and captions[:8] == [""] * 8
+    for caption in captions[8:]:
+        path, probability = caption.split()
+        assert path in model.leaf_paths and 0.0 <= float(probability) <= 1.0
+    assert grids["leaves"][0].shape == (4 * len(model.leaf_paths), 1, 28, 28)
+    assert grids["tree"][0].shape[:2] == (1, 3)
