@@ -26,12 +26,13 @@ def random_view(images: torch.Tensor, generator: torch.Generator | None, setting
     batch = images.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(batch, generator=generator).to(images)
+        draws = torch.rand(batch, generator=generator, device=images.device, dtype=images.dtype)
+        return low + (high - low) * draws
 
     side = uniform(*settings.crop_scale).sqrt()                          # crop side as a fraction of the image
-    flip = torch.where(uniform(0, 1) < settings.flip, -1.0, 1.0).to(images)
+    flip = torch.where(uniform(0, 1) < settings.flip, -1.0, 1.0)
     shift_x, shift_y = (uniform(-1, 1) * (1 - side) for _ in range(2))
-    theta = torch.zeros(batch, 2, 3).to(images)
+    theta = images.new_zeros(batch, 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = side * flip, side
     theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
