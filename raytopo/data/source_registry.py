@@ -20,7 +20,7 @@ from raytopo.errors import ConfigError
 @dataclass(frozen=True)
 class Source:
     load: str | None          # "module:function": DataConfig -> {"image": [N, C, H, W] in [-1, 1], labels...}
-    check: str                # "module:function": DataConfig -> None, raises InputError/ConfigError
+    check: str                # "module:function": DataConfig -> image count (None: unknown), raises on bad data
     generated: bool = False   # built from data.seed, no files
     description: str = ""
     dataset: str | None = None  # streamed sources: "module:function": DataConfig -> ray.data.Dataset

@@ -69,12 +69,14 @@ def _last_parquet_rows(data: DataConfig, n: int) -> dict[str, np.ndarray]:
         "image": np.zeros((0, data.channels, data.image_size, data.image_size), dtype=np.float32)}
 
 
-def check_data_source(data: DataConfig) -> None:
-    """Check the whole source on the driver (streaming) so bad data fails before any Ray worker starts.
+def check_data_source(data: DataConfig) -> int | None:
+    """Check the whole source on the driver (streaming) so bad data fails before any Ray worker starts; returns
+    the number of images (rows of a parquet pack, ``data.num_images`` of a generated source; None when a
+    registered source's check does not count).
 
     Raises `InputError`/`ConfigError` with one line naming the file and what was expected.
     """
-    resolve(get_source(data.source).check)(data)
+    return resolve(get_source(data.source).check)(data)
 
 
 def class_names(data: DataConfig) -> tuple[str, ...] | None:
@@ -115,7 +117,7 @@ def parquet_class_names(data: DataConfig) -> tuple[str, ...]:
 # --- the built-in sources' checks (registered in raytopo.data.source_registry) --------------------------------
 
 
-def check_shapes(data: DataConfig) -> None:
+def check_shapes(data: DataConfig) -> int:
     """The image can hold ``max_count`` shapes (one such mask is generated)."""
     from raytopo.data.shapes import check_capacity
 
@@ -123,12 +125,13 @@ def check_shapes(data: DataConfig) -> None:
         check_capacity(_shapes_config(data))
     except ConfigError as error:
         raise ConfigError(f"data (source {data.source}, image_size {data.image_size}): {error}") from None
+    return data.num_images
 
 
-def check_objects(data: DataConfig) -> None:
+def check_objects(data: DataConfig) -> int:
     """RGB channels, and the image can hold ``max_count`` objects (the Shapes capacity check)."""
     _check_rgb(data, "objects")
-    check_shapes(data)
+    return check_shapes(data)
 
 
 def _check_rgb(data: DataConfig, source: str) -> None:
@@ -136,38 +139,39 @@ def _check_rgb(data: DataConfig, source: str) -> None:
         raise ConfigError(f"data.channels: source {source!r} is RGB; expected 3, got {data.channels}")
 
 
-def check_nothing(data: DataConfig) -> None:
+def check_nothing(data: DataConfig) -> int:
     """Generated sources other than shapes: nothing can be wrong that the config did not already reject."""
+    return data.num_images
 
 
-def check_folder(data: DataConfig) -> None:
+def check_folder(data: DataConfig) -> int:
     from raytopo.data.validate import check_image_folder
 
-    check_image_folder(data.path, data.convention, data.count_limit)
+    return check_image_folder(data.path, data.convention, data.count_limit)
 
 
-def check_npy(data: DataConfig) -> None:
+def check_npy(data: DataConfig) -> int:
     from raytopo.data.validate import check_npy_images
 
-    check_npy_images(data.path, data.labels_path)
+    return check_npy_images(data.path, data.labels_path)
 
 
-def check_class_folder(data: DataConfig) -> None:
+def check_class_folder(data: DataConfig) -> int:
     from raytopo.data.layouts import check_class_folders
 
-    check_class_folders(data.path)
+    return check_class_folders(data.path)
 
 
-def check_image_mask(data: DataConfig) -> None:
+def check_image_mask(data: DataConfig) -> int:
     from raytopo.data.layouts import check_image_mask_pairs
 
-    check_image_mask_pairs(data.path)
+    return check_image_mask_pairs(data.path)
 
 
-def check_parquet(data: DataConfig) -> None:
+def check_parquet(data: DataConfig) -> int:
     from raytopo.data.validate import check_parquet_pack
 
-    check_parquet_pack(data.path, data.convention, data.count_limit)
+    return check_parquet_pack(data.path, data.convention, data.count_limit)
 
 
 # --- the built-in in-memory loaders ----------------------------------------------------------------------------

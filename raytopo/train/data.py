@@ -30,10 +30,11 @@ from raytopo.errors import ConfigError
 Batch = dict[str, torch.Tensor]
 
 
-def check_batch_fits(data: DataConfig, batch_size: int, workers: int) -> None:
-    """A batch must hold distinct images: fail on the driver when a worker's share of an in-memory data set is
-    smaller than ``batch_size`` (the iterator would repeat rows inside one batch, and TreeVAE's growth rule,
-    which skips leaves holding fewer confident samples than a batch, would never grow the tree).
+def check_batch_fits(data: DataConfig, images: int | None, batch_size: int, workers: int) -> None:
+    """A batch must hold distinct images: fail on the driver when a worker's share of the ``images`` of an
+    in-memory data set (the count `check_data_source` returns) is smaller than ``batch_size`` (the iterator would
+    repeat rows inside one batch, and TreeVAE's growth rule, which skips leaves holding fewer confident samples
+    than a batch, would never grow the tree).
 
     Raises:
         InputError: one line naming the sizes.
@@ -41,12 +42,11 @@ def check_batch_fits(data: DataConfig, batch_size: int, workers: int) -> None:
     from raytopo.errors import InputError
 
     source = get_source(data.source)
-    if source.streamed:
+    if source.streamed or images is None:
         return
-    count = data.num_images if source.generated else len(in_memory_arrays(data)["image"])
-    share = count // max(1, workers)
+    share = images // max(1, workers)
     if share < batch_size:
-        where = f"data.num_images {count}" if source.generated else f"data.path {data.path}: {count} images"
+        where = f"data.num_images {images}" if source.generated else f"data.path {data.path}: {images} images"
         raise InputError(f"{where} give {share} per worker ({max(1, workers)} workers), fewer than "
                          f"train.batch_size {batch_size}; lower the batch size or add images")
 

@@ -57,8 +57,8 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
     from raytopo.train.data import check_batch_fits
     from raytopo.train.loop import check_init_from
 
-    check_data_source(run.data)  # bad data and a wrong init_from fail here, not as a worker traceback
-    check_batch_fits(run.data, run.train.batch_size, run.ray.num_workers)
+    images = check_data_source(run.data)  # bad data and a wrong init_from fail here, not as a worker traceback
+    check_batch_fits(run.data, images, run.train.batch_size, run.ray.num_workers)
     check_init_from(run)
     resume_from = checkpoint_to_resume(run, resume)
     started_here = ensure_ray(address)
