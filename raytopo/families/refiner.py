@@ -39,7 +39,7 @@ from raytopo.errors import ConfigError, InputError
 from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext, eval_mode
 from raytopo.families.frozen_base import base_run, base_structure, check_pairing, load_base, weights_fingerprint
 from raytopo.families.latent import LATENT_DIFFUSION, diffusion_mse
-from raytopo.families.treevae import to_unit
+from raytopo.families.treevae import from_unit, generate, reconstruct, to_unit
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class RefinerModel(nn.Module):
         images in [-1, 1], posterior means, the TreeVAE in eval mode."""
         self.treevae.eval()
         terms = self.treevae(to_unit(images), sample=False)
-        return terms["reconstructions"].clamp(0, 1) * 2 - 1, terms["leaf_probabilities"]
+        return from_unit(terms["reconstructions"]), terms["leaf_probabilities"]
 
 
 def sample_leaves(probabilities: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -297,24 +297,20 @@ def refine(model: RefinerModel, parsed: ParsedRefiner, cond: Tensor, label: Tens
 def refined_samples(model: RefinerModel, parsed: ParsedRefiner, n: int, settings: Any) -> tuple[Tensor, Tensor, Tensor]:
     """(refined, unrefined, leaf) for ``n`` root samples routed by p; the leaf is the most probable one or, with
     ``model.leaf: sample``, drawn from p."""
-    from raytopo.families.treevae import generate
-
     images, probabilities = generate(model.treevae, n, settings.seed)
     if parsed.config.leaf == "sample":
         leaf = sample_leaves(probabilities, torch.Generator().manual_seed(settings.seed))
     else:
         leaf = probabilities.argmax(dim=1)
-    unrefined = images[torch.arange(n), leaf].clamp(0, 1) * 2 - 1
+    unrefined = from_unit(images[torch.arange(n), leaf])
     return refine(model, parsed, unrefined, leaf, settings), unrefined, leaf
 
 
 @torch.no_grad()
 def refined_leaves(model: RefinerModel, parsed: ParsedRefiner, settings: Any) -> tuple[Tensor, Tensor]:
     """(refined, unrefined) images of every leaf of one root sample: [L, C, H, W] each."""
-    from raytopo.families.treevae import generate
-
     images, _ = generate(model.treevae, 1, settings.seed)
-    unrefined = images[0].clamp(0, 1) * 2 - 1
+    unrefined = from_unit(images[0])
     return refine(model, parsed, unrefined, torch.arange(model.leaves), settings), unrefined
 
 
@@ -323,7 +319,5 @@ def refined_reconstructions(model: RefinerModel, parsed: ParsedRefiner, images: 
                             settings: Any) -> tuple[Tensor, Tensor]:
     """(refined, unrefined) reconstructions of real ``images`` in [-1, 1] by their most probable leaf (the
     reference's ``recons`` mode noised the real image instead of the reconstruction)."""
-    reconstructions, probabilities = model.reconstructions(images)
-    leaf = probabilities.argmax(dim=1)
-    unrefined = reconstructions[torch.arange(len(images)), leaf]
+    unrefined, leaf, _ = reconstruct(model.treevae, images)
     return refine(model, parsed, unrefined, leaf, settings), unrefined

@@ -198,7 +198,7 @@ class TreeVAEFamily(FamilyDefaults):
         """``n`` images in [-1, 1]: a root sample routed by p, decoded by its most probable leaf (the sampler
         settings give only the seed: a TreeVAE is not a diffusion model)."""
         images, probabilities = generate(model, n, settings.seed)
-        return images[torch.arange(n), probabilities.argmax(dim=1)].clamp(0, 1) * 2 - 1
+        return from_unit(images[torch.arange(n), probabilities.argmax(dim=1)])
 
     def preview(self, model: TreeVAE, run: Any) -> dict[str, tuple[Tensor, list[str] | None]]:
         """Four samples per leaf (rows: leaves, captioned with path and share of the held-out data), held-out
@@ -209,11 +209,12 @@ class TreeVAEFamily(FamilyDefaults):
         images = torch.from_numpy(held_out_arrays(run.data, 256)["image"])
         shares = leaf_shares(model, images)
         samples, _ = generate(model, 4, seed=0)
-        rows = samples.transpose(0, 1).flatten(0, 1).clamp(0, 1) * 2 - 1
+        rows = from_unit(samples.transpose(0, 1).flatten(0, 1))
         captions = [f"{path or 'root'} {share:.0%}" for path, share in zip(model.leaf_paths, shares)
                     for _ in range(4)]
         reconstructions, leaves, probabilities = reconstruct(model, images[:8])
-        labels = [""] * 8 + [f"{model.leaf_paths[leaf] or 'root'} {p:.2f}" for leaf, p in zip(leaves, probabilities)]
+        labels = [""] * 8 + [f"{model.leaf_paths[leaf] or 'root'} {p:.2f}"
+                             for leaf, p in zip(leaves.tolist(), probabilities.tolist())]
         picture = torch.from_numpy(tree_image(model, samples, shares)).permute(2, 0, 1)[None].float() / 127.5 - 1
         return {"leaves": (rows, captions), "reconstructions": (torch.cat([images[:8], reconstructions]), labels),
                 "tree": (picture, None)}
@@ -256,7 +257,7 @@ def leaf_class_histograms(model: TreeVAE, classifier: Any, n: int, seed: int = 0
     images, _ = generate(model, n, seed)
     histograms = np.zeros((images.shape[1], classifier.num_classes), dtype=np.int64)
     for leaf in range(images.shape[1]):
-        predicted = classifier.predict(images[:, leaf].clamp(0, 1) * 2 - 1).cpu().numpy()
+        predicted = classifier.predict(from_unit(images[:, leaf])).cpu().numpy()
         histograms[leaf] = np.bincount(predicted, minlength=classifier.num_classes)
     return histograms
 
@@ -284,6 +285,11 @@ def generation_scores(model: TreeVAE, run: Any, labels: np.ndarray, paths: list[
 def to_unit(images: Tensor) -> Tensor:
     """[-1, 1] data -> [0, 1], the range of the TreeVAE's sigmoid decoders and BCE."""
     return (images + 1) / 2
+
+
+def from_unit(images: Tensor) -> Tensor:
+    """TreeVAE decoder images -> raytopo's [-1, 1] image range (clamped: ``mse`` decoders are unbounded)."""
+    return images.clamp(0, 1) * 2 - 1
 
 
 def freeze_batch_norms(model: torch.nn.Module) -> None:
@@ -361,14 +367,13 @@ def leaf_shares(model: TreeVAE, images: Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def reconstruct(model: TreeVAE, images: Tensor) -> tuple[Tensor, list[int], list[float]]:
+def reconstruct(model: TreeVAE, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Each image's reconstruction by its most probable leaf, in [-1, 1], with that leaf's index and q-routing
-    probability."""
+    probability ``[B]`` (posterior means, eval mode)."""
     with eval_mode(model):
         terms = model(to_unit(images), sample=False)
     probability, best = terms["leaf_probabilities"].max(dim=1)
-    images = terms["reconstructions"][torch.arange(len(images)), best].clamp(0, 1) * 2 - 1
-    return images, best.tolist(), probability.tolist()
+    return from_unit(terms["reconstructions"][torch.arange(len(images)), best]), best, probability
 
 
 def tree_image(model: TreeVAE, samples: Tensor, shares: list[float]) -> np.ndarray:
