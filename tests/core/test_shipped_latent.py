@@ -3,30 +3,22 @@ small float16 EMA weights that load strictly, and samples a classifier recognise
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from raytopo.checkpoint import load_checkpoint
 from raytopo.pretrained import resolve
-from raytopo.train.config import load_run_config
 from raytopo.train.loading import load_model_for_sampling
 
+from shipped_helpers import checked_shipped_model
+
 SHIPPED = "pretrained:ldm_objects32"
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ldm.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_shipped_ldm_is_what_configs_ldm_trains():
-    shipped = load_checkpoint(SHIPPED, with_optimizer=False)
-    expected = load_run_config(CONFIG).to_plain()
-    assert json.loads(json.dumps(shipped.config)) == json.loads(json.dumps(expected))
-    assert shipped.step == expected["train"]["steps"] and shipped.family == "ldm"
-    assert all(value.dtype == torch.float16 for value in shipped.ema.values() if value.is_floating_point())
-    assert sum(p.stat().st_size for p in resolve(SHIPPED).iterdir()) < 8e6
+    checked_shipped_model(SHIPPED, "ldm.yaml", "ldm", max_bytes=8e6)
 
 
 def test_shipped_ldm_samples_are_recognised_as_their_classes(monkeypatch):

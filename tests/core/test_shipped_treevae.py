@@ -4,31 +4,22 @@ than k-means on the same pixels (the issue's target)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
-import torch
 
-from raytopo.checkpoint import load_checkpoint
 from raytopo.families.sampling import SamplerSettings
 from raytopo.pretrained import resolve
-from raytopo.train.config import load_run_config
 from raytopo.train.loading import load_model_for_sampling
 
+from shipped_helpers import checked_shipped_model
+
 SHIPPED = "pretrained:treevae_garments28"
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "treevae.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_shipped_treevae_is_what_configs_treevae_trains():
-    shipped = load_checkpoint(SHIPPED, with_optimizer=False)
-    expected = load_run_config(CONFIG).to_plain()
-    assert json.loads(json.dumps(shipped.config)) == json.loads(json.dumps(expected))
-    assert shipped.step == expected["train"]["steps"] and shipped.family == "treevae"
-    assert all(value.dtype == torch.float16 for value in shipped.ema.values() if value.is_floating_point())
-    assert sum(p.stat().st_size for p in resolve(SHIPPED).iterdir()) < 2.5e6
+    shipped = checked_shipped_model(SHIPPED, "treevae.yaml", "treevae", max_bytes=2.5e6)
     assert len(shipped.structure["tree"]["leaves"]) == 10
 
 
