@@ -3,7 +3,6 @@ small float16 EMA weights that load strictly, and samples a classifier recognise
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

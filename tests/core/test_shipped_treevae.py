@@ -4,7 +4,6 @@ than k-means on the same pixels (the issue's target)."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from raytopo.families.sampling import SamplerSettings
