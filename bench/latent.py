@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from _steps import training_step  # noqa: E402
 from _timing import interleaved_medians, print_table  # noqa: E402
 
 
@@ -37,34 +38,6 @@ def run_config(family: str, model: dict, data: dict, batch: int):
     return parse_run_config({"family": family, "model": model, "data": data,
                              "train": {"steps": 1000, "batch_size": batch},
                              "ray": {"num_workers": 0, "persistence_actors": 0}})
-
-
-def step_fn(run, model=None):
-    """A closure running one production training step of ``run``'s family on a fixed batch (lr 0)."""
-    from raytopo.data.sources import in_memory_arrays
-    from raytopo.families.base import StepContext, stage_bounds
-    from raytopo.registry import get_family
-    from raytopo.train.loop import make_optimizer
-    from raytopo.train.step import train_step
-
-    family = get_family(run.family)
-    model = model if model is not None else family.build(run)
-    stages = family.stages(run)
-    stage = stages[-1]
-    optimizer = make_optimizer(family, model, run, stage)
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    arrays = in_memory_arrays(run.data)
-    batch = {key: torch.from_numpy(value[:run.train.batch_size]) for key, value in arrays.items()}
-    ctx = StepContext(step=stage_bounds(stages)[-1][0], device=torch.device("cpu"),
-                      generator=torch.Generator(), extras=family.setup(run))
-    weights = family.loss_weights(run)
-
-    def step():
-        ctx.generator.manual_seed(0)
-        train_step(model, family, batch, ctx, weights, optimizer, 1, 1.0)
-
-    return step, model
 
 
 def parameters(module: torch.nn.Module, trainable: bool = False) -> float:
@@ -85,13 +58,13 @@ def timing(args: argparse.Namespace) -> None:
     adm_run = run_config("adm", {"unet": {"model_channels": 64, "num_res_blocks": 2, "channel_mult": [1, 2],
                                           "attention_resolutions": []}, "diffusion": {"steps": 1000}},
                          data, args.batch)
-    ldm_step, ldm = step_fn(ldm_run)
-    adm_step, adm = step_fn(adm_run)
+    ldm_step, ldm = training_step(ldm_run)
+    adm_step, adm = training_step(adm_run)
     with tempfile.TemporaryDirectory() as folder:
         path = save_checkpoint(Path(folder) / "ldm", ldm, make_ema(ldm), None, 1, ldm_run.to_plain(), 1,
                                get_family("ldm").structure(ldm))
         control_run = run_config("controlnet", {"ldm": str(path)}, data, args.batch)
-        control_step, controlnet = step_fn(control_run)
+        control_step, controlnet = training_step(control_run)
     adm_ms, ldm_ms, control_ms = interleaved_medians([adm_step, ldm_step, control_step], repeat=args.repeat)
     print_table(f"Training step, batch {args.batch}, {args.size} px RGB, 1 thread (ms, median of {args.repeat})",
                 ["step", "trainable M params", "ms", "ratio"],

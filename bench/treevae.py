@@ -27,37 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from _steps import training_step  # noqa: E402
 from _timing import interleaved_medians, print_table  # noqa: E402
 
 from raytopo.pretrained import resolve  # noqa: E402
 
 GARMENTS = {"source": "garments", "image_size": 28, "channels": 1, "num_images": 8192}
-
-
-def stage_step(model, run, stage_name: str, batch_size: int):
-    """A closure running one production training step of ``stage_name`` on a fixed batch (lr 0)."""
-    from raytopo.data.sources import in_memory_arrays
-    from raytopo.families.base import StepContext, stage_bounds
-    from raytopo.registry import get_family
-    from raytopo.train.loop import make_optimizer
-    from raytopo.train.step import train_step
-
-    family = get_family("treevae")
-    stages = family.stages(run)
-    index = [stage.name for stage in stages].index(stage_name)
-    optimizer = make_optimizer(family, model, run, stages[index])
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    images = torch.from_numpy(in_memory_arrays(run.data)["image"][:batch_size])
-    ctx = StepContext(step=stage_bounds(stages)[index][0], device=torch.device("cpu"), generator=torch.Generator(),
-                      extras=family.setup(run))
-    weights = family.loss_weights(run)
-
-    def step():
-        ctx.generator.manual_seed(0)
-        train_step(model, family, {"image": images}, ctx, weights, optimizer, 1, None)
-
-    return step
 
 
 def reference_step(directory: Path, batch_size: int):
@@ -108,8 +83,8 @@ def stage_timing(args: argparse.Namespace) -> None:
     deepest = max((p for p in grow.node_paths() if grow.node_kind(p) == "internal"
                    and all(grow.node_kind(c) == "leaf" for c in grow.child_paths(p))), key=len)
     grow.grown = {"grow8": {"leaf": deepest, "min_probability": 0.1}}
-    steps = [stage_step(root, run, "root", args.batch), stage_step(grow, run, "grow8", args.batch),
-             stage_step(finetune, run, "finetune", args.batch)]
+    steps = [training_step(run, model, stage, grad_clip=None)[0]
+             for model, stage in ((root, "root"), (grow, "grow8"), (finetune, "finetune"))]
     names = ["root (root + 2 leaves)", f"grow (subtree at {deepest!r}, frozen {len(grow.leaf_paths)}-leaf tree)",
              f"finetune ({len(finetune.leaf_paths)} leaves)"]
     if args.reference:
