@@ -17,15 +17,23 @@ def _entropy(counts: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
-    """NMI of two labelings of the same items (any hashable labels); 1.0 when both have a single cluster."""
+def contingency_table(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Counts ``[n_a, n_b]`` of two labelings of the same items (any hashable labels, in sorted label order)."""
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     if len(a) != len(b):
         raise ValueError(f"labelings of different lengths: {len(a)} and {len(b)}")
+    if len(a) == 0:
+        raise ValueError("empty labelings")
     _, a_index = np.unique(a, return_inverse=True)
     _, b_index = np.unique(b, return_inverse=True)
-    table = np.zeros((a_index.max() + 1, b_index.max() + 1))
-    np.add.at(table, (a_index, b_index), 1)
+    table = np.zeros((a_index.max() + 1, b_index.max() + 1), dtype=np.int64)
+    np.add.at(table, (a_index.ravel(), b_index.ravel()), 1)
+    return table
+
+
+def normalized_mutual_info(a: np.ndarray, b: np.ndarray) -> float:
+    """NMI of two labelings of the same items (any hashable labels); 1.0 when both have a single cluster."""
+    table = contingency_table(a, b)
     h_a, h_b = _entropy(table.sum(1)), _entropy(table.sum(0))
     if h_a == 0 and h_b == 0:
         return 1.0

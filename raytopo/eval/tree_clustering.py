@@ -30,21 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from raytopo.eval.clustering import normalized_mutual_info
-
-
-def _contingency(labels: Sequence | np.ndarray, clusters: Sequence | np.ndarray) -> np.ndarray:
-    """Counts ``[n_classes, n_clusters]`` of two labelings of the same items (any hashable labels)."""
-    a, b = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
-    if len(a) != len(b):
-        raise ValueError(f"labelings of different lengths: {len(a)} and {len(b)}")
-    if len(a) == 0:
-        raise ValueError("empty labelings")
-    _, a_index = np.unique(a, return_inverse=True)
-    _, b_index = np.unique(b, return_inverse=True)
-    table = np.zeros((a_index.max() + 1, b_index.max() + 1), dtype=np.int64)
-    np.add.at(table, (a_index.ravel(), b_index.ravel()), 1)
-    return table
+from raytopo.eval.clustering import contingency_table, normalized_mutual_info
 
 
 def clustering_accuracy(labels: Sequence | np.ndarray, clusters: Sequence | np.ndarray) -> float:
@@ -55,7 +41,7 @@ def clustering_accuracy(labels: Sequence | np.ndarray, clusters: Sequence | np.n
     clusters than classes the clusters left unmatched count as errors, as in TreeVAE and DEC (Xie et al. 2016).
     Invariant to renaming classes or clusters.
     """
-    table = _contingency(labels, clusters)
+    table = contingency_table(labels, clusters)
     rows, cols = linear_sum_assignment(table, maximize=True)
     return float(table[rows, cols].sum() / table.sum())
 
@@ -69,7 +55,7 @@ def adjusted_rand_index(labels: Sequence | np.ndarray, clusters: Sequence | np.n
     labelings are the same trivial partition (both a single cluster, or both all singletons, or ``N = 1``);
     then the partitions agree and the index is 1, as in scikit-learn.
     """
-    table = _contingency(labels, clusters).astype(np.float64)
+    table = contingency_table(labels, clusters).astype(np.float64)
     n = table.sum()
     pairs = lambda x: x * (x - 1) / 2  # noqa: E731  (C(x, 2), elementwise)
     index = pairs(table).sum()
@@ -90,7 +76,7 @@ def leaf_purity(labels: Sequence | np.ndarray, leaves: Sequence | np.ndarray) ->
     The weighted purity of the leaves: each leaf counts its majority class (ties: any one of them) as
     correct. ``leaves`` may be any per-sample leaf identifiers (leaf paths or integers).
     """
-    table = _contingency(labels, leaves)
+    table = contingency_table(labels, leaves)
     return float(table.max(0).sum() / table.sum())
 
 
