@@ -118,7 +118,7 @@ def reconstruction_curves(steps: int) -> list[list]:
     optimizer = make_optimizer(family, model, run)   # the trainer's policy: one parameter group per model
     ctx = StepContext(step=0, device=torch.device("cpu"), pool=PersistencePool(PoolConfig(num_actors=0)),
                       generator=torch.Generator(), extras=family.setup(run))
-    batches = batch_iterator(run.data, run.train.batch_size, 0, 1, run.train.seed, 0, torch.device("cpu"))
+    batches = batch_iterator(run.data, run.train.batch_size, 0, 1, run.train.seed, torch.device("cpu"))
     held_out = evaluation_images(run.data, 512)
     rows = []
     for step in range(steps):

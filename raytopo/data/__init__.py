@@ -1,32 +1,28 @@
-"""Data: synthetic Shapes masks, file-name labels, image folders and parquet shards for Ray Data.
+"""Data: synthetic Shapes masks, file-name labels, image folders, parquet packs, and the rows and splits that
+training reads (Ray-free except :func:`read_parquet_dataset`).
 
-Everything here but :func:`read_parquet_dataset` is Ray-free (numpy, PIL, torch, pyarrow).
+Names are imported on first use, so a Ray Data read task that needs only `raytopo.data.rows` does not pay for
+torch or the generators.
 """
 
-from raytopo.data.folder import FolderIndex, ImageFolderDataset, decode_image, preprocess_image, scan_folder
-from raytopo.data.labels import Label, LabelConvention, as_convention, object_index_map, parse_label
-from raytopo.data.parquet import PackInfo, decode_rows, pack_folder, read_pack_info, read_parquet_dataset
-from raytopo.data.shapes import SHAPE_KINDS, ShapesConfig, generate_shape_mask, shape_example, write_shapes_dataset
+from __future__ import annotations
 
-__all__ = [
-    "SHAPE_KINDS",
-    "FolderIndex",
-    "ImageFolderDataset",
-    "Label",
-    "LabelConvention",
-    "PackInfo",
-    "ShapesConfig",
-    "as_convention",
-    "decode_image",
-    "decode_rows",
-    "generate_shape_mask",
-    "object_index_map",
-    "pack_folder",
-    "parse_label",
-    "preprocess_image",
-    "read_pack_info",
-    "read_parquet_dataset",
-    "scan_folder",
-    "shape_example",
-    "write_shapes_dataset",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FolderIndex": "folder", "ImageFolderDataset": "folder", "decode_image": "folder", "preprocess_image": "folder",
+    "scan_folder": "folder", "Label": "labels", "LabelConvention": "labels", "as_convention": "labels",
+    "object_index_map": "labels", "parse_label": "labels", "PackInfo": "parquet", "decode_rows": "parquet",
+    "pack_folder": "parquet", "read_pack_info": "parquet", "read_parquet_dataset": "parquet",
+    "SHAPE_KINDS": "shapes", "ShapesConfig": "shapes", "generate_shape_mask": "shapes", "shape_example": "shapes",
+    "write_shapes_dataset": "shapes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'raytopo.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"raytopo.data.{_EXPORTS[name]}"), name)

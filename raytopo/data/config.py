@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Literal
 
+from raytopo.data.augment import AugmentConfig
 from raytopo.data.source_registry import get_source
 from raytopo.errors import ConfigError
 
 COUNT_CONVENTIONS = ("count", "two_counts", "count_object")
+DEFAULT_HELD_OUT_FRACTION = 0.1
+"""The eval and judge fraction of a file data set whose config gives none and whose family uses that split."""
+IN_MEMORY_MAX_BYTES = 512 * 2**20
+"""A file data set whose training rows decode to more bytes (uint8 pixels, masks included) streams."""
+RESUMABLE_FIELDS = ("max_bad_files", "reader_cpus", "trace_rows")
+"""``data`` settings a resumed run may change (they do not change which rows train or how)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,20 @@ class DataConfig:
 
     ``count_limit`` bounds the counts a label may carry (file names, parquet rows): a count of 1e20 in a file
     name is a typo, not a target, and is rejected naming the file.
+
+    File sources (docs/data.md):
+
+    * **splits** (`raytopo.data.splits`): ``eval_path`` (a second data set of the same kind, all of it for
+      evaluation) or ``eval_fraction`` of ``path``, and ``judge_fraction`` of ``path`` for the judges; disjoint
+      by construction, seeded by ``seed``. ``None``: the family's default (0.1 of each split it uses, 0 else);
+    * **streaming**: a set whose training rows decode to more than ``in_memory_max_bytes`` (uint8 pixels, masks
+      included), or that asks for a crop, streams through Ray Data: each worker reads its own rows on Ray Data's
+      CPU tasks (``reader_cpus`` each), never the whole set. Smaller sets are decoded once per worker;
+    * **order**: every epoch is reshuffled from (``train.seed``, epoch): a full permutation, or for a streamed
+      parquet pack its row groups in random order through a ``shuffle_buffer`` of rows;
+    * ``augment``: flips, quarter turns, random resized crops (`raytopo.data.augment`), as the family allows;
+    * ``max_bad_files``: unreadable files a stream skips (counted in the log) before it stops, naming the file;
+    * ``trace_rows``: every rank appends the ids of each step's rows to ``<run>/data_trace/rank-<r>.jsonl``.
     """
 
     source: str = "shapes"
@@ -45,6 +67,15 @@ class DataConfig:
     max_count: int = 5
     count_limit: int = 100
     seed: int = 0
+    eval_path: str | None = None
+    eval_fraction: float | None = None
+    judge_fraction: float | None = None
+    in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES
+    shuffle_buffer: int = 4096
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_bad_files: int = 0
+    reader_cpus: float = 1.0
+    trace_rows: bool = False
 
     def __post_init__(self) -> None:
         if not get_source(self.source).generated and not self.path:
@@ -63,6 +94,30 @@ class DataConfig:
             raise ConfigError(f"data.max_count: expected <= data.count_limit ({self.count_limit}), got {self.max_count}")
         if self.num_images < 1:
             raise ConfigError(f"data.num_images: expected >= 1, got {self.num_images}")
+        for name in ("eval_fraction", "judge_fraction"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 <= value < 1):
+                raise ConfigError(f"data.{name}: expected a fraction in [0, 1), got {value}")
+        if self.eval_path and self.eval_fraction:
+            raise ConfigError("data.eval_fraction: expected 0 or null with data.eval_path (the evaluation rows "
+                              f"are all of {self.eval_path}), got {self.eval_fraction}")
+        if self.eval_path and get_source(self.source).generated:
+            raise ConfigError(f"data.eval_path: only for file sources; source {self.source!r} draws its own "
+                              "held-out images")
+        for name in ("in_memory_max_bytes", "shuffle_buffer", "max_bad_files"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}: expected >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.reader_cpus) and self.reader_cpus > 0):
+            raise ConfigError(f"data.reader_cpus: expected a number of CPUs > 0, got {self.reader_cpus}")
+        if self.augment.crop is not None and get_source(self.source).generated:
+            raise ConfigError(f"data.augment.crop: only for file sources; source {self.source!r} makes its "
+                              "images at data.image_size, so there is nothing to crop")
+
+    def held_out_fractions(self) -> tuple[float, float]:
+        """``(eval_fraction, judge_fraction)`` with unset ones at `DEFAULT_HELD_OUT_FRACTION` (a run config sets
+        them from its family, `raytopo.train.config.parse_run_config`)."""
+        return tuple(DEFAULT_HELD_OUT_FRACTION if value is None else value  # type: ignore[return-value]
+                     for value in (0.0 if self.eval_path else self.eval_fraction, self.judge_fraction))
 
     @property
     def has_classes(self) -> bool:
@@ -91,17 +146,7 @@ class DataConfig:
 
 
 def _pack_has_masks(path: str | None) -> bool:
-    """Whether a parquet pack's rows carry masks (``--layout image_mask``): its first row has a ``mask`` value
-    (a layout fills a column in every row or in none)."""
-    import pyarrow.parquet as pq
+    """Whether a parquet pack's rows carry masks (``--layout image_mask``)."""
+    from raytopo.data.parquet import pack_has_masks, read_pack_info
 
-    from raytopo.data.parquet import read_pack_info
-
-    info = read_pack_info(path)
-    if "mask" not in info.columns:   # format 1 packs have no mask column
-        return False
-    shard = pq.ParquetFile(info.shards[0])
-    if shard.metadata.num_row_groups == 0:
-        return False
-    first = shard.read_row_group(0, columns=["mask"]).column("mask")
-    return len(first) > 0 and first[0].is_valid
+    return pack_has_masks(read_pack_info(path))

@@ -11,21 +11,22 @@ Preprocessing (improved-diffusion's ``ImageDataset``, as TDN uses it; shared wit
 4. centre crop to ``image_size x image_size`` (offsets ``(side - image_size) // 2``);
 5. ``float32`` ``x / 127.5 - 1`` in ``[-1, 1]``, shape ``[C, H, W]``.
 
-No Ray here: :class:`ImageFolderDataset` is a plain ``torch.utils.data.Dataset``.
+No Ray here, and no torch at import (Ray Data read tasks import this module): :class:`ImageFolderDataset` is a
+map-style dataset for ``torch.utils.data.DataLoader`` that imports torch when it is indexed.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from raytopo.data.files import Entry, FileStore
 from raytopo.data.labels import Label, LabelConvention, as_convention, object_index_map, parse_label
 from raytopo.errors import ConfigError, InputError
 
@@ -66,20 +67,39 @@ def scan_folder(
         InputError: missing or empty folder, a file name that does not fit the convention, a count above
             ``count_limit``, or an object name missing from ``object_index``.
     """
-    convention = as_convention(convention)
     root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: expected a folder of images, found no such directory")
-    pattern = "**/*" if recursive else "*"
-    files = tuple(sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
-    if not files:
+    names, labels, objects = label_folder(FileStore(str(root)), convention, recursive, object_index, count_limit)
+    return FolderIndex(root, as_convention(convention), tuple(root / name for name in names), labels, objects)
+
+
+def label_folder(
+    store: FileStore,
+    convention: LabelConvention | str,
+    recursive: bool = True,
+    object_index: Mapping[str, int] | None = None,
+    count_limit: float | None = None,
+) -> tuple[tuple[str, ...], tuple[Label, ...], dict[str, int]]:
+    """`scan_folder` on any filesystem: the images' relative paths (sorted), their labels and the object index."""
+    convention = as_convention(convention)
+    if store.kind() != "dir":
+        raise InputError(f"{store.root}: expected a folder of images, found no such directory")
+    names = tuple(image_names(store.entries(recursive)))
+    if not names:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise InputError(f"{root}: expected image files ({extensions}), found none")
-    labels = tuple(parse_label(p, convention) for p in files)
+        raise InputError(f"{store.root}: expected image files ({extensions}), found none")
+    locations = [store.location(name) for name in names]
+    labels = tuple(parse_label(location, convention) for location in locations)
     if count_limit is not None:
-        for path, label in zip(files, labels):
-            check_count_limit(label.counts, count_limit, str(path))
-    return FolderIndex(root, convention, files, labels, _object_index(files, labels, convention, object_index))
+        for location, label in zip(locations, labels):
+            check_count_limit(label.counts, count_limit, location)
+    return names, labels, _object_index(locations, labels, convention, object_index)
+
+
+def image_names(entries: Iterable[Entry], depth: int | None = None) -> list[str]:
+    """The relative paths of the image files among ``entries`` (at ``depth`` path parts, if given)."""
+    return [entry.path for entry in entries
+            if not entry.is_dir and Path(entry.path).suffix.lower() in IMAGE_EXTENSIONS
+            and (depth is None or entry.path.count("/") + 1 == depth)]
 
 
 def decode_image(data: bytes, image_size: int, channels: int, name: str) -> np.ndarray:
@@ -142,8 +162,21 @@ def preprocess_image(image: Image.Image, image_size: int, channels: int, nearest
     ``nearest`` resizes with nearest-neighbour only (no halving, no new values): what a mask needs, so that it
     stays binary and lands on exactly the crop of its image.
     """
+    return preprocess_pixels(image, image_size, channels, nearest).astype(np.float32) / 127.5 - 1
+
+
+def preprocess_pixels(image: Image.Image, image_size: int, channels: int, nearest: bool = False,
+                      window: tuple[int, int, int] | None = None) -> np.ndarray:
+    """`preprocess_image` before the scaling: uint8 ``[C, S, S]`` (what streams carry: a quarter of the bytes).
+
+    ``window`` ``(left, top, side)`` first cuts that square out of the image (a random resized crop,
+    `crop_window`); the result is then resized and centre-cropped as any image.
+    """
     _check_image_args(image_size, channels)
     image = image.convert(_MODES[channels])
+    if window is not None:
+        left, top, side = window
+        image = image.crop((left, top, left + side, top + side))
     if nearest:
         image = image.resize(resized_size(image.size, image_size), resample=Image.Resampling.NEAREST)
     else:
@@ -153,8 +186,20 @@ def preprocess_image(image: Image.Image, image_size: int, channels: int, nearest
     pixels = np.asarray(image)
     top, left = (pixels.shape[0] - image_size) // 2, (pixels.shape[1] - image_size) // 2
     pixels = pixels[top : top + image_size, left : left + image_size]
-    pixels = pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1)
-    return pixels.astype(np.float32) / 127.5 - 1
+    return np.ascontiguousarray(pixels.reshape(image_size, image_size, channels).transpose(2, 0, 1))
+
+
+def crop_window(size: tuple[int, int], image_size: int, scale: tuple[float, float],
+                rng: np.random.Generator) -> tuple[int, int, int]:
+    """A random square ``(left, top, side)`` inside an image of ``size`` (width, height): its side a uniform
+    fraction in ``scale`` of the short side, never below ``image_size`` (an image no larger than
+    ``image_size`` is only shifted along its long side), at a uniform position."""
+    short = min(size)
+    fraction = rng.uniform(*scale)
+    side = int(min(short, max(min(image_size, short), round(fraction * short))))
+    left = int(rng.integers(0, size[0] - side + 1))
+    top = int(rng.integers(0, size[1] - side + 1))
+    return left, top, side
 
 
 def resized_size(size: tuple[int, int], image_size: int) -> tuple[int, int]:
@@ -166,7 +211,7 @@ def resized_size(size: tuple[int, int], image_size: int) -> tuple[int, int]:
     return (round(size[0] * scale), round(size[1] * scale))
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset:
     """Images of a folder labelled by their file names (TDN conventions), preprocessed as improved-diffusion.
 
     Every label is parsed at construction, so a bad name fails immediately, naming the file. Items are
@@ -207,7 +252,9 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index.files)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
         path, label = self.index.files[i], self.index.labels[i]
         image = decode_image(read_image_bytes(path), self.image_size, self.channels, str(path))
         item = {"image": torch.from_numpy(image)}
@@ -219,7 +266,7 @@ class ImageFolderDataset(Dataset):
 
 
 def _object_index(
-    files: tuple[Path, ...],
+    files: Sequence[str | Path],
     labels: tuple[Label, ...],
     convention: LabelConvention,
     given: Mapping[str, int] | None,

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from raytopo.data.folder import IMAGE_EXTENSIONS, open_image, open_image_file, preprocess_image, read_image_bytes
+from raytopo.data.files import FileStore
+from raytopo.data.folder import IMAGE_EXTENSIONS, image_names, open_image, preprocess_image, read_image_bytes
+from raytopo.data.rows import ReadSpec, RowIndex, file_rows, model_arrays, read_all
 from raytopo.errors import InputError
-from raytopo.progress import progress
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -35,6 +36,13 @@ def _existing_folder(root: str | Path, what: str) -> Path:
     if not root.is_dir():
         raise InputError(f"{root}: expected a folder of {what}")
     return root
+
+
+def _folder_store(root: str | Path, what: str) -> FileStore:
+    store = FileStore(str(root))
+    if store.kind() != "dir":
+        raise InputError(f"{root}: expected a folder of {what}")
+    return store
 
 
 # --- class folders -----------------------------------------------------------------------------------------------
@@ -51,36 +59,46 @@ class ClassFolderIndex:
 
 def scan_class_folders(root: str | Path) -> ClassFolderIndex:
     """List ``root/<class>/*`` images; InputError naming a stray image or an empty class folder."""
-    root = _existing_folder(root, "class folders (root/<class>/*.png)")
-    stray = _images_in(root)
+    names, labels, classes = class_folder_layout(_folder_store(root, "class folders (root/<class>/*.png)"))
+    return ClassFolderIndex(tuple(Path(root) / name for name in names), labels, classes)
+
+
+def class_folder_layout(store: FileStore) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """`scan_class_folders` on any filesystem: relative image paths, class indices and class names."""
+    entries = store.entries(recursive=True)
+    stray = image_names(entries, depth=1)
     if stray:
-        raise InputError(f"{stray[0]}: expected images inside class folders ({root}/<class>/), not in {root} itself")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise InputError(f"{store.location(stray[0])}: expected images inside class folders "
+                         f"({store.root}/<class>/), not in {store.root} itself")
+    classes = [entry.path for entry in entries if entry.is_dir and "/" not in entry.path]
     if not classes:
-        raise InputError(f"{root}: expected one sub-folder per class holding its images, found none")
-    files, labels = [], []
-    for index, folder in enumerate(classes):
-        images = _images_in(folder)
-        if not images:
-            raise InputError(f"{folder}: expected at least one image in class folder {folder.name!r}")
-        files += images
-        labels += [index] * len(images)
-    return ClassFolderIndex(tuple(files), tuple(labels), tuple(folder.name for folder in classes))
+        raise InputError(f"{store.root}: expected one sub-folder per class holding its images, found none")
+    by_class: dict[str, list[str]] = {name: [] for name in classes}
+    for name in image_names(entries, depth=2):
+        by_class.get(name.split("/", 1)[0], []).append(name)
+    files: list[str] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        if not by_class[name]:
+            raise InputError(f"{store.location(name)}: expected at least one image in class folder {name!r}")
+        files += by_class[name]
+        labels += [index] * len(by_class[name])
+    return tuple(files), tuple(labels), tuple(classes)
 
 
 def class_folder_arrays(root: str | Path, image_size: int, channels: int) -> dict[str, np.ndarray]:
     """``image`` float32 ``[N, C, S, S]`` in [-1, 1] and ``label`` int64 ``[N]`` (class index, sorted names)."""
-    index = scan_class_folders(root)
-    images = [preprocess_image(open_image_file(path), image_size, channels) for path in index.files]
-    return {"image": np.stack(images), "label": np.asarray(index.labels, dtype=np.int64)}
+    store = _folder_store(root, "class folders (root/<class>/*.png)")
+    names, labels, _ = class_folder_layout(store)
+    arrays = _decoded(file_rows(store.root, names), image_size, channels)
+    return {**arrays, "label": np.asarray(labels, dtype=np.int64)}
 
 
-def check_class_folders(root: str | Path) -> int:
-    """The layout, and every image decodes; returns the image count."""
-    index = scan_class_folders(root)
-    for path in progress(index.files, f"checking {root}"):
-        open_image_file(path)
-    return len(index.files)
+def _decoded(index: RowIndex, image_size: int, channels: int) -> dict[str, np.ndarray]:
+    """Every row of ``index`` decoded by the reader training uses, as model arrays."""
+    spec = ReadSpec(index.layout, index.root, image_size, channels, masks=index.has_masks)
+    arrays = read_all(index, np.arange(len(index)), spec)
+    return model_arrays({key: value for key, value in arrays.items() if key in ("image", "mask")})
 
 
 # --- image + mask pairs ------------------------------------------------------------------------------------------
@@ -93,40 +111,54 @@ def _key(stem: str) -> str:
 
 def pair_images_and_masks(root: str | Path) -> list[tuple[Path, Path]]:
     """``(image, mask)`` pairs from ``root/images`` and ``root/masks`` (module docstring for the pairing rule)."""
-    root = _existing_folder(root, "pairs (root/images/ and root/masks/)")
-    image_dir, mask_dir = root / "images", root / "masks"
-    for folder in (image_dir, mask_dir):
-        if not folder.is_dir():
-            raise InputError(f"{folder}: expected a folder (image + mask pairs live in {root}/images and {root}/masks)")
-    images, masks = _images_in(image_dir), _images_in(mask_dir)
+    store = _folder_store(root, "pairs (root/images/ and root/masks/)")
+    return [(Path(root) / image, Path(root) / mask) for image, mask in pair_layout(store)]
+
+
+def pair_layout(store: FileStore) -> list[tuple[str, str]]:
+    """`pair_images_and_masks` on any filesystem: ``(image, mask)`` relative paths."""
+    entries = store.entries(recursive=True)
+    folders = {entry.path for entry in entries if entry.is_dir}
+    for folder in ("images", "masks"):
+        if folder not in folders:
+            raise InputError(f"{store.location(folder)}: expected a folder (image + mask pairs live in "
+                             f"{store.root}/images and {store.root}/masks)")
+    images = [name for name in image_names(entries, depth=2) if name.startswith("images/")]
+    masks = [name for name in image_names(entries, depth=2) if name.startswith("masks/")]
+    image_dir, mask_dir = store.location("images"), store.location("masks")
     if not images:
         raise InputError(f"{image_dir}: expected at least one image")
-    by_stem = {mask.stem: mask for mask in masks}
-    by_key: dict[str, list[Path]] = {}
+    by_stem = {_stem(mask): mask for mask in masks}
+    by_key: dict[str, list[str]] = {}
     for mask in masks:
-        by_key.setdefault(_key(mask.stem), []).append(mask)
+        by_key.setdefault(_key(_stem(mask)), []).append(mask)
     pairs, unpaired = [], []
     for image in images:
-        if image.stem in by_stem:
-            pairs.append((image, by_stem[image.stem]))
+        stem = _stem(image)
+        if stem in by_stem:
+            pairs.append((image, by_stem[stem]))
             continue
-        candidates = by_key.get(_key(image.stem), [])
+        candidates = by_key.get(_key(stem), [])
         if len(candidates) > 1:
-            raise InputError(f"{image}: expected one mask in {mask_dir} named {image.stem}.* or <prefix>_"
-                             f"{_key(image.stem)}.*, found {', '.join(c.name for c in candidates)}")
+            raise InputError(f"{store.location(image)}: expected one mask in {mask_dir} named {stem}.* or <prefix>_"
+                             f"{_key(stem)}.*, found {', '.join(c.split('/')[-1] for c in candidates)}")
         if candidates:
             pairs.append((image, candidates[0]))
         else:
             unpaired.append(image)
     if not pairs:
         image = unpaired[0]
-        raise InputError(f"{image}: expected one mask in {mask_dir} named {image.stem}.* or <prefix>_"
-                         f"{_key(image.stem)}.*, found none (no image of {image_dir} has a mask)")
+        raise InputError(f"{store.location(image)}: expected one mask in {mask_dir} named {_stem(image)}.* or "
+                         f"<prefix>_{_key(_stem(image))}.*, found none (no image of {image_dir} has a mask)")
     if unpaired:
-        shown = ", ".join(p.name for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+        shown = ", ".join(p.split("/")[-1] for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
         print(f"raytopo: warning: {len(unpaired)} of {len(images)} images in {image_dir} have no mask and are "
               f"skipped: {shown}", file=sys.stderr)
     return pairs
+
+
+def _stem(relative: str) -> str:
+    return Path(relative).stem
 
 
 def decode_mask(data: bytes, image_size: int, name: str) -> np.ndarray:
@@ -143,21 +175,10 @@ def load_mask(path: Path, image_size: int) -> np.ndarray:
 
 def image_mask_arrays(root: str | Path, image_size: int, channels: int) -> dict[str, np.ndarray]:
     """``image`` float32 ``[N, C, S, S]`` in [-1, 1] and ``mask`` float32 ``[N, 1, S, S]`` in {-1, 1}."""
-    pairs = pair_images_and_masks(root)
-    images = [preprocess_image(open_image_file(image), image_size, channels) for image, _ in pairs]
-    masks = [load_mask(mask, image_size) for _, mask in pairs]
-    return {"image": np.stack(images), "mask": np.stack(masks)}
-
-
-def check_image_mask_pairs(root: str | Path) -> int:
-    """Every image has exactly one mask, and both decode; returns the pair count."""
-    pairs = pair_images_and_masks(root)
-    for image, mask in progress(pairs, f"checking {root}"):
-        size, mask_size = open_image_file(image).size, open_image_file(mask).size
-        if size != mask_size:
-            raise InputError(f"{mask}: the mask is {mask_size[0]}x{mask_size[1]} but its image {image.name} is "
-                             f"{size[0]}x{size[1]}; expected the same size")
-    return len(pairs)
+    store = _folder_store(root, "pairs (root/images/ and root/masks/)")
+    pairs = pair_layout(store)
+    index = file_rows(store.root, [image for image, _ in pairs], masks=[mask for _, mask in pairs])
+    return _decoded(index, image_size, channels)
 
 
 def read_mask_folder(folder: str | Path, image_size: int) -> np.ndarray:

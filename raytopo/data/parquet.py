@@ -36,7 +36,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raytopo.data.files import open_store
 from raytopo.data.folder import decode_image, open_image, read_image_bytes, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     import ray.data
 
 FORMAT_VERSION = "2"
+ROWS_PER_GROUP = 16
 LAYOUTS = ("names", "class_folder", "image_mask")
 SHARD_GLOB = "part-*.parquet"
 _SHARD_NAME = re.compile(r"part-\d{5,}\.parquet")
@@ -77,18 +79,34 @@ SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class PackInfo:
-    """What a packed directory holds: shard paths, row count, label convention and object index map."""
+    """What a packed directory holds: its shards (names under ``root``, a path or URI), row count, label
+    convention, object index map and class names."""
 
-    shards: tuple[Path, ...]
+    root: str
+    names: tuple[str, ...]
     num_rows: int
     convention: LabelConvention
     object_index: dict[str, int]
     class_names: tuple[str, ...] = ()
 
     @property
+    def shards(self) -> tuple[str, ...]:
+        """Every shard's location (``root/part-00000.parquet``, ...), as the user's ``root`` spells it."""
+        return tuple(f"{self.root.rstrip('/')}/{name}" for name in self.names)
+
+    @property
     def columns(self) -> frozenset[str]:
         """The columns of the first shard."""
-        return frozenset(pq.read_schema(self.shards[0]).names)
+        return frozenset(self.open(0).schema_arrow.names)
+
+    def open(self, shard: int) -> pq.ParquetFile:
+        """Shard number ``shard`` as a `pyarrow.parquet.ParquetFile` (any pyarrow filesystem); InputError naming
+        a shard that is not readable parquet (truncated, overwritten)."""
+        try:
+            return pq.ParquetFile(open_store(self.root).open(self.names[shard]))
+        except (OSError, ValueError) as error:
+            raise InputError(f"{self.shards[shard]}: expected a parquet shard written by pack_folder, could not "
+                             f"read it ({error})") from None
 
 
 def pack_folder(
@@ -100,6 +118,7 @@ def pack_folder(
     recursive: bool = True,
     object_index: Mapping[str, int] | None = None,
     layout: str = "names",
+    rows_per_group: int = ROWS_PER_GROUP,
 ) -> list[Path]:
     """Pack the labelled images under ``root`` into parquet shards in ``out_dir``; return the shard paths.
 
@@ -112,13 +131,16 @@ def pack_folder(
         recursive: include sub-folders of ``root``.
         object_index: fixed object name -> index map (default: sorted names found under ``root``).
         layout: ``names`` (file-name labels), ``class_folder`` or ``image_mask`` (module docstring).
+        rows_per_group: rows per parquet row group, the unit a training stream reads and shuffles by
+            (small groups let the block shuffle mix a pack written in label order; docs/data.md).
 
     Raises:
-        ConfigError: ``rows_per_shard`` < 1.
+        ConfigError: ``rows_per_shard`` or ``rows_per_group`` < 1.
         InputError: bad folder, file name or image (named), or an ``out_dir`` that may not be replaced.
     """
-    if not isinstance(rows_per_shard, int) or isinstance(rows_per_shard, bool) or rows_per_shard < 1:
-        raise ConfigError(f"rows_per_shard: expected an int >= 1, got {rows_per_shard!r}")
+    for name, value in (("rows_per_shard", rows_per_shard), ("rows_per_group", rows_per_group)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name}: expected an int >= 1, got {value!r}")
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(out_dir)
@@ -127,7 +149,7 @@ def pack_folder(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        names = _write_shards(rows, metadata, Path(root), staging, rows_per_shard)
+        names = _write_shards(rows, metadata, Path(root), staging, rows_per_shard, rows_per_group)
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,18 +158,22 @@ def pack_folder(
 
 
 def read_pack_info(path: str | Path) -> PackInfo:
-    """Shards, row count, convention and object index map of a packed directory (pyarrow only)."""
-    path = Path(path)
-    shards = tuple(sorted(path.glob(SHARD_GLOB))) if path.is_dir() else ()
-    if not shards:
-        raise InputError(f"{path}: expected a directory of '{SHARD_GLOB}' shards written by pack_folder")
-    metadata = pq.read_schema(shards[0]).metadata or {}
+    """Shards, row count, convention and object index map of a packed directory on any pyarrow filesystem."""
+    root = str(path)
+    store = open_store(root)
+    names = ()
+    if store.kind() == "dir":
+        names = tuple(entry.path for entry in store.entries(recursive=False)
+                      if not entry.is_dir and _SHARD_NAME.fullmatch(entry.path))
+    if not names:
+        raise InputError(f"{root}: expected a directory of '{SHARD_GLOB}' shards written by pack_folder")
+    info = PackInfo(root=root, names=names, num_rows=0, convention=LabelConvention.NONE, object_index={})
+    metadata = info.open(0).schema_arrow.metadata or {}
     if _META_CONVENTION not in metadata or _META_OBJECT_INDEX not in metadata:
-        raise InputError(f"{shards[0]}: expected raytopo pack metadata (raytopo.convention, raytopo.object_index)")
-    num_rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
-    return PackInfo(
-        shards=shards,
-        num_rows=num_rows,
+        raise InputError(f"{info.shards[0]}: expected raytopo pack metadata (raytopo.convention, raytopo.object_index)")
+    return replace(
+        info,
+        num_rows=sum(info.open(i).metadata.num_rows for i in range(len(names))),
         convention=as_convention(metadata[_META_CONVENTION].decode()),
         object_index={str(k): int(v) for k, v in json.loads(metadata[_META_OBJECT_INDEX]).items()},
         class_names=tuple(json.loads(metadata.get(_META_CLASS_NAMES, b"[]"))),
@@ -173,6 +199,17 @@ def decode_rows(batch: Mapping[str, Any] | pa.Table, image_size: int, channels: 
     names = columns.get("filename") or [f"row {i}" for i in range(len(images))]
     decoded = [decode_image(_as_bytes(data), image_size, channels, str(name)) for data, name in zip(images, names)]
     out = {"image": np.stack(decoded) if decoded else np.zeros((0, channels, image_size, image_size), np.float32)}
+    out.update(_labels(columns, names))
+    masks = columns.get("mask")
+    if masks is not None and _filled(masks, names, "mask"):
+        out["mask"] = np.stack([decode_mask(_as_bytes(data), image_size, f"{name} (mask)")
+                                for data, name in zip(masks, names)])
+    return out
+
+
+def _labels(columns: Mapping[str, list], names: list) -> dict[str, np.ndarray]:
+    """The label columns a batch of rows carries: ``counts`` float32 [N, k], ``object`` / ``label`` int64 [N]."""
+    out = {}
     counts = columns.get("counts")
     if counts is not None and any(len(c) for c in counts if c is not None):
         out["counts"] = _stack_counts(counts, names)
@@ -180,11 +217,35 @@ def decode_rows(batch: Mapping[str, Any] | pa.Table, image_size: int, channels: 
         values = _indices(columns.get(key), names, key)
         if values is not None:
             out[key] = values
-    masks = columns.get("mask")
-    if masks is not None and _filled(masks, names, "mask"):
-        out["mask"] = np.stack([decode_mask(_as_bytes(data), image_size, f"{name} (mask)")
-                                for data, name in zip(masks, names)])
     return out
+
+
+def pack_layout(info: PackInfo) -> tuple[list[tuple[str, list[int]]], dict[str, np.ndarray], bool]:
+    """Without decoding an image: every shard's row-group sizes, every row's labels and whether rows carry
+    masks (the mask column is filled in every row or in none). Reads the label columns only."""
+    groups, parts = [], []
+    for number, name in enumerate(info.names):
+        shard = info.open(number)
+        metadata = shard.metadata
+        groups.append((name, [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]))
+        wanted = [c for c in ("counts", "object", "label", "filename") if c in shard.schema_arrow.names]
+        table = shard.read(columns=wanted)
+        columns = {column: table.column(column).to_pylist() for column in wanted}
+        parts.append(_labels({**columns, "image": []}, [f"{info.shards[number]} ({n})" for n in columns["filename"]]))
+    keys = set.intersection(*(set(part) for part in parts)) if parts else set()
+    labels = {key: np.concatenate([part[key] for part in parts]) for key in keys}
+    return groups, labels, pack_has_masks(info)
+
+
+def pack_has_masks(info: PackInfo) -> bool:
+    """Whether a pack's rows carry masks (``--layout image_mask``): its first row has a ``mask`` value."""
+    if "mask" not in info.columns:   # format 1 packs have no mask column
+        return False
+    shard = info.open(0)
+    if shard.metadata.num_row_groups == 0:
+        return False
+    first = shard.read_row_group(0, columns=["mask"]).column("mask")
+    return len(first) > 0 and first[0].is_valid
 
 
 def read_parquet_dataset(path: str | Path) -> ray.data.Dataset:
@@ -196,15 +257,7 @@ def read_parquet_dataset(path: str | Path) -> ray.data.Dataset:
     info = read_pack_info(path)
     import ray.data  # lazy: the rest of this module works without Ray
 
-    return ray.data.read_parquet([str(shard) for shard in info.shards])
-
-
-def training_dataset(data: Any) -> ray.data.Dataset:
-    """The Ray Data dataset a ``parquet`` source trains from (``data``: a DataConfig), decoded on the Ray Data
-    workers with `decode_rows`."""
-    return read_parquet_dataset(data.path).map_batches(
-        decode_rows, fn_kwargs={"image_size": data.image_size, "channels": data.channels}, batch_format="pyarrow"
-    )
+    return ray.data.read_parquet(list(info.shards))
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:
@@ -253,12 +306,13 @@ def _layout_rows(root: Path, layout: str, convention: LabelConvention | str, rec
 
 
 def _write_shards(rows: list[dict[str, Any]], metadata: dict[bytes, bytes], root: Path, staging: Path,
-                  rows_per_shard: int) -> list[str]:
+                  rows_per_shard: int, rows_per_group: int) -> list[str]:
     schema = SCHEMA.with_metadata(metadata)
     names = []
     for start in progress(range(0, len(rows), rows_per_shard), f"packing {root}", "shard"):
         name = f"part-{len(names):05d}.parquet"
-        pq.write_table(_shard_table(rows[start:start + rows_per_shard], root, schema), staging / name)
+        pq.write_table(_shard_table(rows[start:start + rows_per_shard], root, schema), staging / name,
+                       row_group_size=rows_per_group)
         names.append(name)
     return names
 

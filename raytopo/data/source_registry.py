@@ -1,11 +1,13 @@
 """Data sources by name: adding one is one `register_source` call, never an edit of the loaders or the trainer.
 
 A source names, as ``"module:function"`` strings resolved on first use (so this module imports nothing heavy and
-no import circle forms), the function that loads a whole in-memory set from a `DataConfig` (``None`` for
-sources streamed by Ray Data) and the function that checks the source completely on the driver before any Ray
-worker starts. ``generated`` sources are made in memory from ``data.seed`` and need no ``data.path``. What a
-source's batches carry (``counts``, class ``label`` s, ``mask`` s) is declared here too, so the trainer asks the
-`DataConfig` (``has_counts``, ``has_classes``, ``has_masks``), never a list of source names.
+no import circle forms), how its rows are made and how it is checked on the driver before any Ray worker
+starts. A *generated* source (``load``) makes a whole in-memory set from ``data.seed`` and needs no
+``data.path``; a *file* source (``index``) lists its rows without reading their pixels
+(`raytopo.data.rows.RowIndex`), which the trainer then decodes in memory or streams through Ray Data
+(`raytopo.data.sources.streams`). What a source's batches carry (``counts``, class ``label`` s, ``mask`` s) is
+declared here too, so the trainer asks the `DataConfig` (``has_counts``, ``has_classes``, ``has_masks``),
+never a list of source names.
 """
 
 from __future__ import annotations
@@ -19,29 +21,25 @@ from raytopo.errors import ConfigError
 
 @dataclass(frozen=True)
 class Source:
-    load: str | None          # "module:function": DataConfig -> {"image": [N, C, H, W] in [-1, 1], labels...}
+    load: str | None          # generated: "module:function": DataConfig -> {"image": [N, C, H, W] in [-1, 1], ...}
     check: str                # "module:function": DataConfig -> image count (None: unknown), raises on bad data
     generated: bool = False   # built from data.seed, no files
     description: str = ""
-    dataset: str | None = None  # streamed sources: "module:function": DataConfig -> ray.data.Dataset
+    index: str | None = None  # file sources: "module:function": (DataConfig, path) -> RowIndex
     counts: Literal["never", "always", "by_convention"] = "never"   # whether batches carry topological counts
     classes: Literal["never", "always", "with_labels_path", "by_pack"] = "never"  # whether batches carry labels
     masks: Literal["never", "always", "by_pack"] = "never"     # whether batches carry a mask [B, 1, S, S] in {-1, 1}
     class_names: str | None = None  # "module:function": DataConfig -> class names by label index (() if unnamed)
-
-    @property
-    def streamed(self) -> bool:
-        """Read by Ray Data on the workers instead of loaded into memory."""
-        return self.load is None
 
 
 _SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, source: Source) -> None:
-    """Make ``data.source: name`` valid; a streamed source (``load`` None) must name its ``dataset``."""
-    if source.streamed and not source.dataset:
-        raise ValueError(f"source {name!r}: a streamed source needs a dataset function")
+    """Make ``data.source: name`` valid; a source names exactly one of ``load`` (generated) and ``index`` (files)."""
+    if (source.load is None) == (source.index is None):
+        raise ValueError(f"source {name!r}: expected exactly one of a load function (generated sources) and an "
+                         "index function (file sources)")
     _SOURCES[name] = source
 
 
@@ -74,16 +72,17 @@ register_source("objects", Source(f"{_LOADERS}:objects_arrays", f"{_LOADERS}:che
                                   counts="always", classes="always", masks="always",
                                   class_names=f"{_LOADERS}:object_class_names",
                                   description="RGB textured objects on a textured background, exact masks and classes"))
-register_source("folder", Source(f"{_LOADERS}:folder_arrays", f"{_LOADERS}:check_folder", counts="by_convention",
+_FILES = {"load": None, "check": f"{_LOADERS}:check_files"}
+register_source("folder", Source(**_FILES, index=f"{_LOADERS}:folder_index", counts="by_convention",
                                  description="images labelled by file name"))
-register_source("class_folder", Source(f"{_LOADERS}:class_folder_arrays", f"{_LOADERS}:check_class_folder",
-                                       classes="always", class_names=f"{_LOADERS}:class_folder_class_names",
+register_source("class_folder", Source(**_FILES, index=f"{_LOADERS}:class_folder_index", classes="always",
+                                       class_names=f"{_LOADERS}:class_folder_class_names",
                                        description="root/<class>/*.png, classes in sorted name order"))
-register_source("image_mask", Source(f"{_LOADERS}:image_mask_arrays", f"{_LOADERS}:check_image_mask", masks="always",
+register_source("image_mask", Source(**_FILES, index=f"{_LOADERS}:image_mask_index", masks="always",
                                      description="root/images + root/masks pairs (same stem or prefix_X)"))
-register_source("npy", Source(f"{_LOADERS}:npy_arrays", f"{_LOADERS}:check_npy", classes="with_labels_path",
-                              description="one .npy image array, optional labels_path"))
-register_source("parquet", Source(None, f"{_LOADERS}:check_parquet", dataset="raytopo.data.parquet:training_dataset",
+register_source("npy", Source(None, f"{_LOADERS}:check_npy", index=f"{_LOADERS}:npy_index",
+                              classes="with_labels_path", description="one .npy image array, optional labels_path"))
+register_source("parquet", Source(None, f"{_LOADERS}:check_parquet", index=f"{_LOADERS}:parquet_index",
                                   counts="by_convention", classes="by_pack", masks="by_pack",
                                   class_names=f"{_LOADERS}:parquet_class_names",
-                                  description="shards of raytopo data pack, streamed by Ray Data"))
+                                  description="shards of raytopo data pack, read by row group"))

@@ -1,82 +1,190 @@
-"""Every in-memory data source as arrays, and the driver-side check of every source (no Ray here).
+"""Every data source's rows as arrays, its three splits, and the driver-side check of every source (no Ray).
 
-`in_memory_arrays` builds a whole (small) training set: ``image`` float32 ``[N, C, H, W]`` in [-1, 1] plus its
-labels (``counts``, ``object``, ``label``, ``mask``). Generated sources (``shapes``, ``glyphs``, ``garments``,
-``objects``) are deterministic in the seed; ``folder`` and ``npy`` read files. `check_data_source` checks any source
-completely before a Ray worker starts (`raytopo.data.validate`); `class_names` names a source's classes.
+* `training_arrays` / `in_memory_arrays`: the training rows of a set small enough to hold in memory:
+  ``image`` ``[N, C, H, W]`` plus its labels (``counts``, ``object``, ``label``, ``mask``). Generated sources
+  (``shapes``, ``glyphs``, ``garments``, ``objects``) are made from the seed; file sources decode their
+  training split (`file_data`) with the same reader a stream uses.
+* `held_out_arrays` / `judge_arrays`: the evaluation and judge splits (`raytopo.data.splits`); new seeded draws
+  of a generated source.
+* `check_data_source`: the whole check of a source before any Ray worker starts (`raytopo.data.validate`).
 """
 
 from __future__ import annotations
 
+import functools
+import sys
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from raytopo.data.config import DataConfig
+from raytopo.data.rows import ReadSpec, RowIndex, model_arrays, read_all
 from raytopo.data.source_registry import get_source, resolve
+from raytopo.data.splits import EVAL, JUDGE, TRAIN, split_units
 from raytopo.errors import ConfigError, InputError
-
-
-def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    """The whole (small) training set as arrays: ``image`` float32 [N, C, H, W] in [-1, 1] plus its labels."""
-    source = get_source(data.source)
-    if source.streamed:
-        raise ConfigError(f"data.source: {data.source!r} is streamed with Ray Data, not loaded in memory")
-    return resolve(source.load)(data)
-
+from raytopo.progress import progress
 
 HELD_OUT_SEED_OFFSET = 1_000_003
 """Held-out images of a generated source use ``data.seed + HELD_OUT_SEED_OFFSET`` (a seed training never uses)."""
+JUDGE_SEED_OFFSET = 2_000_029
+"""The judges' images of a generated source use ``data.seed + JUDGE_SEED_OFFSET``."""
+
+
+# --- file data: the index and its splits -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class FileData:
+    """A file data set: the rows of ``data.path`` with the split of each, and the rows of ``data.eval_path``."""
+
+    index: RowIndex
+    split: np.ndarray                 # int8 per row of ``index``: TRAIN, EVAL or JUDGE
+    eval_index: RowIndex | None = None
+
+    def rows(self, name: str) -> tuple[RowIndex, np.ndarray]:
+        """The index holding split ``name`` (``train``, ``eval``, ``judge``) and its row numbers, ascending."""
+        if name == "eval" and self.eval_index is not None:
+            return self.eval_index, np.arange(len(self.eval_index), dtype=np.int64)
+        code = {"train": TRAIN, "eval": EVAL, "judge": JUDGE}[name]
+        return self.index, np.flatnonzero(self.split == code).astype(np.int64)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(self.rows(name)[1]) for name in ("train", "eval", "judge")}
+
+
+@functools.lru_cache(maxsize=8)
+def file_data(data: DataConfig) -> FileData:
+    """The index and splits of a file source (cached per process: listing a large folder costs seconds)."""
+    source = get_source(data.source)
+    if source.index is None:
+        raise ConfigError(f"data.source: {data.source!r} is generated, it has no files to index")
+    index = resolve(source.index)(data, data.path)
+    eval_fraction, judge_fraction = data.held_out_fractions()
+    split = split_units(index.unit_keys, data.seed, eval_fraction, judge_fraction, f"data.path {data.path}")
+    eval_index = resolve(source.index)(data, data.eval_path) if data.eval_path else None
+    return FileData(index, split[index.units], eval_index)
+
+
+def read_spec(data: DataConfig, index: RowIndex, seed: int = 0, epoch: int = 0, crop: bool = False) -> ReadSpec:
+    """How ``data``'s rows are decoded (a random resized crop only for training streams, ``crop``)."""
+    return ReadSpec(layout=index.layout, root=index.root, image_size=data.image_size, channels=data.channels,
+                    masks=index.has_masks, crop=data.augment.crop if crop else None, seed=seed, epoch=epoch)
+
+
+def decoded_bytes(data: DataConfig, rows: int, masks: bool) -> int:
+    """What ``rows`` rows take in memory as uint8 pixels (the streaming threshold's measure)."""
+    return rows * data.image_size ** 2 * (data.channels + int(masks))
+
+
+def streams(data: DataConfig) -> bool:
+    """Whether training reads ``data`` as a Ray Data stream rather than decoding it into every worker: a file
+    set whose training rows exceed ``data.in_memory_max_bytes``, or one asking for crops."""
+    if get_source(data.source).generated:
+        return False
+    if data.augment.crop is not None:
+        return True
+    files = file_data(data)
+    return decoded_bytes(data, files.sizes()["train"], files.index.has_masks) > data.in_memory_max_bytes
+
+
+def labels_of(index: RowIndex, rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: value[rows] for key, value in index.labels.items()}
+
+
+def split_arrays(data: DataConfig, name: str, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Split ``name`` of a file set decoded in this process (its first ``limit`` rows): uint8 ``image`` and
+    ``mask`` in {0, 1}, with ``row`` (row numbers of the split's index) and the labels."""
+    index, rows = file_data(data).rows(name)
+    rows = rows[:limit]
+    decoded = read_all(index, rows, read_spec(data, index),
+                       progress=lambda chunks: progress(chunks, f"decoding {len(rows)} {name} rows", "chunk"))
+    return {**decoded, **labels_of(index, rows)}
+
+
+# --- arrays: training, held-out, judges --------------------------------------------------------------------------
+
+
+def training_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    """The training rows of a set held in memory: generated arrays (float32 in [-1, 1]) or a file set's training
+    split (uint8 pixels, ``mask`` in {0, 1}, with ``row``: each row's number in the index); `model_arrays` makes
+    them float."""
+    source = get_source(data.source)
+    if source.generated:
+        return resolve(source.load)(data)
+    return split_arrays(data, "train")
+
+
+def in_memory_arrays(data: DataConfig) -> dict[str, np.ndarray]:
+    """The whole (small) training set as model arrays: ``image`` float32 [N, C, H, W] in [-1, 1] plus its labels."""
+    return model_arrays({k: v for k, v in training_arrays(data).items() if k != "row"})
 
 
 def held_out_arrays(data: DataConfig, n: int) -> dict[str, np.ndarray]:
-    """``n`` evaluation images (``image`` float32 [n, C, H, W] in [-1, 1], plus ``label`` / ``counts`` when the data
-    has them): the one held-out split every family evaluates on.
+    """``n`` evaluation images (``image`` float32 [n, C, H, W] in [-1, 1], plus ``label`` / ``counts`` / ``mask``
+    when the data has them): the evaluation split every family scores on, rows that trained nothing.
 
-    Generated sources (shapes, glyphs, garments) draw ``n`` *new* images from the training distribution (seed
-    ``data.seed + HELD_OUT_SEED_OFFSET``). Files have no separate split: ``folder`` and ``npy`` give their last
-    ``n`` images and ``parquet`` its last ``n`` rows, which are also trained on; point ``data.path`` at a test
-    split (``--set data.path=...``) for an unbiased figure.
+    Generated sources draw ``n`` *new* images from the training distribution (seed ``data.seed +
+    HELD_OUT_SEED_OFFSET``). File sources give the first ``n`` rows of their evaluation split (``data.eval_path``,
+    or ``data.eval_fraction`` of ``data.path``); with neither, the training rows, said on stderr.
 
     Raises:
-        InputError: fewer than ``n`` images.
+        InputError: the evaluation split holds fewer than ``n`` images.
     """
-    from dataclasses import replace
+    return _split_or_draw(data, n, "eval", HELD_OUT_SEED_OFFSET, exact=True)
 
+
+def judge_arrays(data: DataConfig, n: int) -> dict[str, np.ndarray]:
+    """Up to ``n`` images for raytopo's judges (the classifier and segmenter that score generations): the judge
+    split of a file source (``data.judge_fraction``; the training rows when it is 0, said on stderr), ``n`` new
+    seeded draws of a generated one (seed ``data.seed + JUDGE_SEED_OFFSET``). Never an evaluation row."""
+    return _split_or_draw(data, n, "judge", JUDGE_SEED_OFFSET, exact=False)
+
+
+def _split_or_draw(data: DataConfig, n: int, name: str, offset: int, exact: bool) -> dict[str, np.ndarray]:
     source = get_source(data.source)
     if source.generated:
-        arrays = in_memory_arrays(replace(data, seed=data.seed + HELD_OUT_SEED_OFFSET, num_images=n))
-    elif source.streamed:
-        arrays = _last_parquet_rows(data, n)
-    else:
-        arrays = in_memory_arrays(data)
-    if len(arrays["image"]) < n:
-        raise InputError(f"data.path {data.path}: expected at least {n} images for evaluation, "
-                         f"found {len(arrays['image'])}")
-    return {key: value[-n:] for key, value in arrays.items()}
+        arrays = resolve(source.load)(replace(data, seed=data.seed + offset, num_images=n))
+        return {key: value[:n] for key, value in arrays.items()}
+    files = file_data(data)
+    available = files.sizes()[name]
+    if available == 0:
+        _warn_once(f"data: no {name} split (data.{name}_fraction 0{', no data.eval_path' if name == 'eval' else ''}): "
+                   f"the {'evaluation' if name == 'eval' else 'judges'} use training rows of {data.path}")
+        name, available = "train", files.sizes()["train"]
+    if exact and available < n:
+        where = data.eval_path or data.path
+        raise InputError(f"data.path {where}: expected at least {n} images for evaluation, the {name} split holds "
+                         f"{available}; raise data.eval_fraction or give data.eval_path")
+    arrays = split_arrays(data, name, n)
+    return model_arrays({key: value for key, value in arrays.items() if key != "row"})
 
 
-def _last_parquet_rows(data: DataConfig, n: int) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    from raytopo.data.parquet import decode_rows, read_pack_info
-
-    chunks: list[dict[str, np.ndarray]] = []
-    for shard in reversed(read_pack_info(data.path).shards):
-        if sum(len(chunk["image"]) for chunk in chunks) >= n:
-            break
-        chunks.insert(0, decode_rows(pq.read_table(shard), data.image_size, data.channels))
-    keys = [key for key in ("image", "counts", "object", "label", "mask") if chunks and key in chunks[0]]
-    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in keys} if chunks else {
-        "image": np.zeros((0, data.channels, data.image_size, data.image_size), dtype=np.float32)}
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    print(f"raytopo: warning: {message}", file=sys.stderr)
 
 
 def check_data_source(data: DataConfig) -> int | None:
-    """Check the whole source on the driver (streaming) so bad data fails before any Ray worker starts; returns
-    the number of images (rows of a parquet pack, ``data.num_images`` of a generated source; None when a
-    registered source's check does not count).
+    """Check the source on the driver so bad data fails before any Ray worker starts; returns the number of
+    training images (``data.num_images`` of a generated source; None when a registered source's check does not
+    count).
 
-    Raises `InputError`/`ConfigError` with one line naming the file and what was expected.
+    A file set held in memory is decoded completely here, one chunk at a time; a streamed one is listed and
+    labelled completely and its first row decoded (a file that breaks later stops the stream naming it, or is
+    skipped under ``data.max_bad_files``). Raises `InputError`/`ConfigError` with one line naming the file.
     """
     return resolve(get_source(data.source).check)(data)
+
+
+def check_files(data: DataConfig) -> int:
+    """The check of every file source: its index and splits, then its rows decoded (all of them when held in
+    memory, the first of each split when streamed)."""
+    files = file_data(data)
+    limit = None if not streams(data) else 1
+    for name, size in files.sizes().items():
+        if size:
+            split_arrays(data, name, limit)
+    return files.sizes()["train"]
 
 
 def class_names(data: DataConfig) -> tuple[str, ...] | None:
@@ -103,9 +211,10 @@ def garment_class_names(data: DataConfig) -> tuple[str, ...]:
 
 
 def class_folder_class_names(data: DataConfig) -> tuple[str, ...]:
-    from raytopo.data.layouts import scan_class_folders
+    from raytopo.data.files import open_store
+    from raytopo.data.layouts import class_folder_layout
 
-    return scan_class_folders(data.path).class_names
+    return class_folder_layout(open_store(data.path))[2]
 
 
 def parquet_class_names(data: DataConfig) -> tuple[str, ...]:
@@ -144,34 +253,83 @@ def check_nothing(data: DataConfig) -> int:
     return data.num_images
 
 
-def check_folder(data: DataConfig) -> int:
-    from raytopo.data.validate import check_image_folder
-
-    return check_image_folder(data.path, data.convention, data.count_limit)
-
-
 def check_npy(data: DataConfig) -> int:
+    """The array's layout, dtype and values (memory-mapped, chunked) and its labels, then `check_files`."""
     from raytopo.data.validate import check_npy_images
 
-    return check_npy_images(data.path, data.labels_path)
-
-
-def check_class_folder(data: DataConfig) -> int:
-    from raytopo.data.layouts import check_class_folders
-
-    return check_class_folders(data.path)
-
-
-def check_image_mask(data: DataConfig) -> int:
-    from raytopo.data.layouts import check_image_mask_pairs
-
-    return check_image_mask_pairs(data.path)
+    check_npy_images(data.path, data.labels_path)
+    return check_files(data)
 
 
 def check_parquet(data: DataConfig) -> int:
+    """The pack's metadata, schema, convention and count bounds, then `check_files`."""
     from raytopo.data.validate import check_parquet_pack
 
-    return check_parquet_pack(data.path, data.convention, data.count_limit)
+    check_parquet_pack(data.path, data.convention, data.count_limit)
+    return check_files(data)
+
+
+# --- the built-in file indexes (registered in raytopo.data.source_registry) ------------------------------------
+
+
+def folder_index(data: DataConfig, path: str) -> RowIndex:
+    """Images labelled by file name (``data.convention``)."""
+    from raytopo.data.files import open_store
+    from raytopo.data.folder import label_folder
+    from raytopo.data.rows import file_rows
+
+    names, labels, objects = label_folder(open_store(path), data.convention, count_limit=data.count_limit)
+    arrays = {}
+    if labels and labels[0].counts:
+        arrays["counts"] = np.asarray([label.counts for label in labels], dtype=np.float32)
+    if objects:
+        arrays["object"] = np.asarray([objects[label.object_name] for label in labels], dtype=np.int64)
+    return file_rows(open_store(path).root, names, arrays)
+
+
+def class_folder_index(data: DataConfig, path: str) -> RowIndex:
+    """``path/<class>/*`` images, labelled by class folder (sorted names)."""
+    from raytopo.data.files import open_store
+    from raytopo.data.layouts import class_folder_layout
+    from raytopo.data.rows import file_rows
+
+    names, labels, _ = class_folder_layout(open_store(path))
+    return file_rows(open_store(path).root, names, {"label": np.asarray(labels, dtype=np.int64)})
+
+
+def image_mask_index(data: DataConfig, path: str) -> RowIndex:
+    """``path/images`` + ``path/masks`` pairs."""
+    from raytopo.data.files import open_store
+    from raytopo.data.layouts import pair_layout
+    from raytopo.data.rows import file_rows
+
+    pairs = pair_layout(open_store(path))
+    return file_rows(open_store(path).root, [image for image, _ in pairs], masks=[mask for _, mask in pairs])
+
+
+def npy_index(data: DataConfig, path: str) -> RowIndex:
+    """The rows of one ``.npy`` array (a local path: arrays are memory-mapped), with ``labels_path`` labels."""
+    from raytopo.data.arrays import load_labels, load_npy
+    from raytopo.data.files import absolute_location, is_uri
+    from raytopo.data.rows import array_rows
+
+    if is_uri(path):
+        raise InputError(f"{path}: expected a local .npy file (arrays are memory-mapped); use a parquet pack for "
+                         "remote storage")
+    count = len(load_npy(path, "images", mmap=True))
+    labels = {"label": load_labels(data.labels_path, count)} if data.labels_path and path == data.path else {}
+    return array_rows(absolute_location(path), count, labels)
+
+
+def parquet_index(data: DataConfig, path: str) -> RowIndex:
+    """The rows of a pack by row group, with their label columns (no image is decoded)."""
+    from raytopo.data.parquet import pack_layout, read_pack_info
+    from raytopo.data.rows import pack_rows
+
+    from raytopo.data.files import open_store
+
+    groups, labels, masks = pack_layout(read_pack_info(path))
+    return pack_rows(open_store(path).root, groups, labels, masks)
 
 
 # --- the built-in in-memory loaders ----------------------------------------------------------------------------
@@ -227,33 +385,3 @@ def _scaled(images: np.ndarray, channels: int) -> np.ndarray:
     """uint8 [N, H, W] -> float32 [N, channels, H, W] in [-1, 1]."""
     scaled = images.astype(np.float32)[:, None] / 127.5 - 1.0
     return np.repeat(scaled, channels, axis=1) if channels == 3 else scaled
-
-
-def folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    from raytopo.data.folder import ImageFolderDataset
-
-    dataset = ImageFolderDataset(data.path, data.convention, data.image_size, channels=data.channels,
-                                 count_limit=data.count_limit)
-    items = [dataset[i] for i in range(len(dataset))]
-    return {key: np.stack([item[key].numpy() for item in items]) for key in items[0]}
-
-
-def npy_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    from raytopo.data.arrays import load_image_array, load_labels
-
-    arrays = {"image": load_image_array(data.path, data.image_size, data.channels)}
-    if data.labels_path:
-        arrays["label"] = load_labels(data.labels_path, len(arrays["image"]))
-    return arrays
-
-
-def class_folder_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    from raytopo.data.layouts import class_folder_arrays as load
-
-    return load(data.path, data.image_size, data.channels)
-
-
-def image_mask_arrays(data: DataConfig) -> dict[str, np.ndarray]:
-    from raytopo.data.layouts import image_mask_arrays as load
-
-    return load(data.path, data.image_size, data.channels)

@@ -1,12 +1,13 @@
-"""Check a data source completely, on the driver, before any Ray worker starts.
+"""Checks of ``.npy`` arrays and parquet packs, on the driver, before any Ray worker starts.
 
 A bad file found inside a Ray worker costs a user a minute of start-up and a 100-line traceback; found here it
 costs seconds and one line naming the file and what was expected (an `InputError`). Every check streams: a
 folder is decoded one image at a time, an array is memory-mapped and scanned in chunks, parquet shards are read
 one column at a time, so a large dataset is never held in memory.
 
-The checks use the same functions the workers load with (`scan_folder`, `open_image`, `as_uint8_hwc`,
-`read_pack_info`), so what passes here loads there.
+The checks use the same functions the workers load with (`as_uint8_hwc`, `read_pack_info`), so what passes
+here loads there; folders are checked by decoding their rows with the stream's own reader
+(`raytopo.data.sources.check_files`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from raytopo.data.arrays import check_image_array, load_labels, load_npy
-from raytopo.data.folder import check_count_limit, open_image_file, scan_folder
+from raytopo.data.folder import check_count_limit
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import InputError
-from raytopo.progress import progress
-
-
-def check_image_folder(root: str | Path, convention: LabelConvention | str, count_limit: float) -> int:
-    """Every file name parses, no count exceeds ``count_limit``, every image decodes; returns the image count."""
-    index = scan_folder(root, convention, count_limit=count_limit)
-    for path in progress(index.files, f"checking {root}"):
-        open_image_file(path)
-    return len(index.files)
 
 
 def check_npy_images(path: str | Path, labels_path: str | Path | None = None) -> int:
@@ -42,7 +34,6 @@ def check_npy_images(path: str | Path, labels_path: str | Path | None = None) ->
 def check_parquet_pack(path: str | Path, convention: LabelConvention | str, count_limit: float) -> int:
     """The pack's metadata and schema, its convention against ``convention``, and every count's bound."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from raytopo.data.parquet import SCHEMA, read_pack_info
 
@@ -52,14 +43,14 @@ def check_parquet_pack(path: str | Path, convention: LabelConvention | str, coun
         raise InputError(f"{path}: expected a pack of {wanted.value!r} labels (data.convention), "
                          f"got {info.convention.value!r}")
     required = ("image", "counts") if wanted is not LabelConvention.NONE else ("image",)
-    for shard in info.shards:
-        schema = pq.read_schema(shard)
+    for number, shard in enumerate(info.shards):
+        schema = info.open(number).schema_arrow
         for name in required + tuple(n for n in ("label", "mask") if n in schema.names):
             if schema.get_field_index(name) < 0 or schema.field(name).type != SCHEMA.field(name).type:
                 raise InputError(f"{shard}: expected a column {name!r} of type {SCHEMA.field(name).type}")
         if "counts" not in schema.names:
             continue
-        table = pq.read_table(shard, columns=["counts", "filename"])
+        table = info.open(number).read(columns=["counts", "filename"])
         flat = pc.list_flatten(table.column("counts"))
         if len(flat) and pc.max(flat).as_py() > count_limit:
             row = int(np.argmax([max(c) if c else 0 for c in table.column("counts").to_pylist()]))
