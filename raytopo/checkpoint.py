@@ -7,7 +7,8 @@ A checkpoint is a directory holding::
                    overlaid with these): frozen modules, identical in both, are saved once
     optimizer.pt   optimizer state dict
     state.json     {"step": completed optimisation steps, "family": ...,
-                    "stage": index of the stage it was saved in, "structure": the model's shape}
+                    "stage": index of the stage it was saved in, "structure": the model's shape,
+                    "data": {"epoch", "consumed", "world"}: where the training stream's next batch starts}
                    (``stage`` and ``structure`` only for staged families or models whose shape changes)
     config.json    the full run config, enough to rebuild the model and resume without repeating flags
 
@@ -46,16 +47,21 @@ class CheckpointData:
     config: dict[str, Any]
     stage: int = 0
     structure: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)   # the training stream's position (raytopo.data.order)
 
 
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, ema: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None, step: int, config: dict[str, Any],
-                    stage: int = 0, structure: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory atomically (temporary sibling + rename) and return its path."""
+                    stage: int = 0, structure: dict[str, Any] | None = None,
+                    data: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically (temporary sibling + rename) and return its path; ``data`` is the
+    training stream's position (``state.json``'s ``"data"``), so a resume continues the epoch."""
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     state = _state(step, config.get("family"), stage, structure)
+    if data:
+        state["data"] = data
     try:
         weights = _plain_state(model)
         torch.save(weights, staging / "model.pt")
@@ -102,6 +108,7 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
         config=json.loads((path / "config.json").read_text()),
         stage=int(state.get("stage", 0)),
         structure=dict(state.get("structure", {})),
+        data=dict(state.get("data", {})),
     )
 
 

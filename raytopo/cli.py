@@ -130,7 +130,14 @@ def _data_pack(args: argparse.Namespace) -> int:
     from raytopo.commands.data import PackArgs, run_pack
 
     return run_pack(PackArgs(args.folder, args.out, args.convention, args.rows_per_shard, args.overwrite,
-                             args.layout))
+                             args.layout, args.rows_per_group))
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from raytopo.commands.data import InspectArgs, run_inspect
+
+    return run_inspect(InspectArgs(args.config, tuple(args.set), args.batches, args.rank, args.world,
+                                   args.resume_step, args.split, args.json))
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -286,8 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--layout", choices=["names", "class_folder", "image_mask"], default="names",
                       help="labels from file names (default), FOLDER/<class>/*, or FOLDER/images + FOLDER/masks")
     pack.add_argument("--rows-per-shard", type=_at_least(1), default=1024)
+    pack.add_argument("--rows-per-group", type=_at_least(1), default=16,
+                      help="rows per parquet row group: what a training stream reads and shuffles as one block")
     pack.add_argument("--overwrite", action="store_true", help="replace an existing pack (only its shards)")
     pack.set_defaults(run=_data_pack)
+    inspect = data_commands.add_parser("inspect", help="what training will see: split sizes, and each batch's row "
+                                                       "ids and labels (no image decoded, no Ray)")
+    inspect.add_argument("config", type=Path)
+    inspect.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    inspect.add_argument("--batches", type=_at_least(1), default=4, help="how many batches to list (default 4)")
+    inspect.add_argument("--rank", type=_at_least(0), default=0, help="the worker to show (default 0)")
+    inspect.add_argument("--world", type=_at_least(1), default=None,
+                         help="how many workers share the data (default: ray.num_workers)")
+    inspect.add_argument("--resume-step", type=_at_least(0), default=0,
+                         help="start at the batch a run resumed at this step would draw")
+    inspect.add_argument("--split", choices=["train", "eval", "judge"], default=None,
+                         help="list one split's row ids instead of batches")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(run=_data_inspect)
 
     study = commands.add_parser("study", help="variants x seeds as a Tune grid: means, spreads, 95% intervals")
     study.add_argument("spec", type=Path, help="a YAML study, e.g. studies/topovae_claim.yaml")

@@ -4,6 +4,8 @@ A family is a small object registered by a stable short name (`raytopo.registry`
 commands, Tune and the demo talk to it only through the hooks of :class:`Family`, all required:
 
 * ``parse(run)``: the typed settings of its ``model:`` section (raises ConfigError naming the field);
+* ``held_out_splits`` and ``augmentations_kept(run)``: which splits of a file data set it reads besides
+  training, and which ``data.augment`` transformations keep its labels (`FamilyDefaults`: ``eval``; all);
 * ``setup(run) -> dict``: per-run objects a worker builds once (``StepContext.extras``);
 * ``loss_weights(run) -> {term: weight}``: every term ``losses`` returns, weight 0 for terms only logged;
   a term missing here is an error (a typo would otherwise silently train with weight 0);
@@ -132,7 +134,20 @@ def stage_index_at(stages: list[Stage], step: int) -> int:
 
 
 class FamilyDefaults:
-    """The hooks most families share: one stage, a model whose shape the run config fixes, one parameter group."""
+    """The hooks most families share: one stage, a model whose shape the run config fixes, one parameter group,
+    an evaluation on held-out images, and labels every augmentation keeps."""
+
+    held_out_splits: tuple[str, ...] = ("eval",)
+    """The splits of a file data set the family reads besides training (`raytopo.data.splits`): ``eval`` when
+    its evaluation compares with real images, ``judge`` when it trains raytopo's judges. A run that leaves
+    ``data.eval_fraction`` / ``judge_fraction`` unset gets 0.1 of each split named here and 0 of the others."""
+
+    def augmentations_kept(self, run: Any) -> frozenset[str]:
+        """The ``data.augment`` transformations that keep what this family learns from its data (default: all;
+        masks move with their images)."""
+        from raytopo.data.augment import AUGMENTATIONS
+
+        return frozenset(AUGMENTATIONS)
 
     def stages(self, run: Any) -> list[Stage]:
         return [Stage("train", run.train.steps)]
@@ -180,7 +195,11 @@ CONDITIONS = ("counts", "classes", "masks", "none")
 class Family(Protocol):
     name: str
 
+    held_out_splits: tuple[str, ...]
+
     def parse(self, run: Any) -> Any: ...
+
+    def augmentations_kept(self, run: Any) -> frozenset[str]: ...
 
     def setup(self, run: Any) -> dict[str, Any]: ...
 

@@ -111,6 +111,8 @@ def _check_classes(run: Any, ldm: ParsedLatent) -> None:
 class ControlNetFamily(FamilyDefaults):
     """``controlnet``: a ControlNet trained on masks over a frozen ``ldm``."""
 
+    held_out_splits = ("eval", "judge")   # scored on held-out images by judges trained on their own split
+
     name = "controlnet"
 
     def parse(self, run: Any) -> ParsedControlNet:
@@ -283,11 +285,13 @@ def mask_scores(data: Any, generated: Tensor, masks: Tensor, real: Tensor) -> di
 
 @functools.lru_cache(maxsize=4)
 def trained_segmenter(data: Any) -> tuple[Any, float]:
-    """The foreground judge of a data config, trained once per process on its training pairs."""
+    """The foreground judge of a data config, trained once per process on (up to) JUDGE_IMAGES pairs of the
+    judges' split (`raytopo.data.sources.judge_arrays`)."""
+    from raytopo.data.sources import judge_arrays
     from raytopo.eval.judges import train_segmenter
-    from raytopo.families.latent import judge_training_arrays
+    from raytopo.families.latent import JUDGE_IMAGES
 
-    arrays = judge_training_arrays(data)
+    arrays = judge_arrays(data, JUDGE_IMAGES)
     return train_segmenter(torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["mask"]).float())
 
 

@@ -176,6 +176,13 @@ def _network(model: nn.Module) -> nn.Module:
 class EquivariantFamily(FamilyDefaults):
     """Registered as ``equivariant``."""
 
+    def augmentations_kept(self, run: Any) -> frozenset[str]:
+        """Crops, and the flips and turns of ``data.group``: a transformation outside the group would change the
+        group-invariant distribution the model is built to learn (a C4 model given mirrored chiral glyphs)."""
+        from raytopo.data.augment import group_transformations
+
+        return group_transformations(run.data.group) | {"crop"}
+
     name = "equivariant"
 
     # --- configuration -------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -202,6 +201,8 @@ def latent_scale_of(ldm: LatentDiffusion, batches: Any, images: int = 512) -> fl
 
 class LatentDiffusionFamily(FamilyDefaults):
     """``ldm``: autoencoder stage, then class-conditional latent diffusion with classifier-free guidance."""
+
+    held_out_splits = ("eval", "judge")   # scored on held-out images by judges trained on their own split
 
     name = "ldm"
 
@@ -381,29 +382,14 @@ JUDGE_IMAGES = 1024
 
 @functools.lru_cache(maxsize=4)
 def trained_classifier(data: Any, num_classes: int) -> tuple[Any, float]:
-    """The class judge of a data config, trained once per process on (up to) JUDGE_IMAGES training images."""
+    """The class judge of a data config, trained once per process on (up to) JUDGE_IMAGES images of the judges'
+    split (`raytopo.data.sources.judge_arrays`: never a row that is evaluated or trained on)."""
+    from raytopo.data.sources import judge_arrays
     from raytopo.eval.judges import train_classifier
 
-    arrays = judge_training_arrays(data)
+    arrays = judge_arrays(data, JUDGE_IMAGES)
     return train_classifier(torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["label"]).long(),
                             num_classes)
-
-
-def judge_training_arrays(data: Any) -> dict[str, np.ndarray]:
-    """Training images for raytopo's judges: the first JUDGE_IMAGES of an in-memory source, the held-out rows of
-    a streamed one."""
-    from dataclasses import replace
-
-    from raytopo.data.source_registry import get_source
-    from raytopo.data.sources import held_out_arrays, in_memory_arrays
-
-    source = get_source(data.source)
-    if source.streamed:
-        return held_out_arrays(data, JUDGE_IMAGES)
-    if source.generated:
-        data = replace(data, num_images=max(data.num_images, JUDGE_IMAGES))
-    arrays = in_memory_arrays(data)
-    return {key: value[:JUDGE_IMAGES] for key, value in arrays.items()}
 
 
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:

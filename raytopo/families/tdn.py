@@ -104,10 +104,19 @@ class TDNFamily(FamilyDefaults):
     """``adm`` / ``adm_t`` / ``tdn`` (registered three times with different switches)."""
 
 
+    held_out_splits = ()   # evaluation counts the topology of samples; it reads no real image
+
     def __init__(self, name: str, conditioned: bool, topology: bool) -> None:
         self.name = name
         self.conditioned = conditioned
         self.topology = topology
+
+    def augmentations_kept(self, run: Any) -> frozenset[str]:
+        """Counts of components and holes survive flips and quarter turns, not crops (a crop can cut a
+        component in two or off the image); the unconditional ``adm`` keeps every augmentation."""
+        from raytopo.data.augment import AUGMENTATIONS, GEOMETRIC
+
+        return GEOMETRIC if self.conditioned else frozenset(AUGMENTATIONS)
 
     # --- configuration -------------------------------------------------------------------------
 

@@ -93,6 +93,8 @@ class ParsedTree:
 class TreeVAEFamily(FamilyDefaults):
     """``treevae``: grow-and-prune TreeVAE training as stages (module docstring)."""
 
+    held_out_splits = ("eval", "judge")   # scored on held-out images by judges trained on their own split
+
     name = "treevae"
 
     def parse(self, run: Any) -> ParsedTree:

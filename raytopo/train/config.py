@@ -13,7 +13,7 @@ init_from: null              # a checkpoint to start from (staged fine-tuning: a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -161,9 +161,38 @@ def parse_run_config(data: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"family: required, the model family to train; expected one of {', '.join(family_names())}")
     run = from_dict(RunConfig, data)
     family = get_family(run.family)
+    run = replace(run, data=with_family_splits(run.data, family.held_out_splits))
     family.parse(run)  # validates the model section; raises ConfigError naming the field
+    _check_augmentations(run.data, family.augmentations_kept(run), run.family)
     _check_stages(family.stages(run), run)
     return run
+
+
+def with_family_splits(data: DataConfig, splits: Sequence[str]) -> DataConfig:
+    """``data`` with unset ``eval_fraction`` / ``judge_fraction`` set for a family that reads ``splits``: the
+    default fraction of each split it reads, 0 of the others (written to the checkpoint's config, so sampling,
+    scoring and resuming see the same rows)."""
+    from raytopo.data.config import DEFAULT_HELD_OUT_FRACTION
+
+    def fraction(value: float | None, split: str) -> float:
+        return value if value is not None else DEFAULT_HELD_OUT_FRACTION if split in splits else 0.0
+
+    eval_fraction = 0.0 if data.eval_path else fraction(data.eval_fraction, "eval")
+    return replace(data, eval_fraction=eval_fraction, judge_fraction=fraction(data.judge_fraction, "judge"))
+
+
+def _check_augmentations(data: DataConfig, kept: frozenset[str], family: str) -> None:
+    """Refuse an augmentation that would change what the family learns from its labels (one line, naming it)."""
+    for name in data.augment.requested:
+        if name not in kept:
+            allowed = ", ".join(sorted(kept)) or "none"
+            raise ConfigError(f"data.augment.{name}: family {family!r} does not keep its labels under {name} "
+                              f"({_BREAKS.get(name, 'it changes the data the model learns')}); allowed: {allowed}")
+
+
+_BREAKS = {"crop": "a crop can cut a component in two or off the image, changing its counts",
+           "hflip": "a mirror image is outside data.group", "vflip": "a mirror image is outside data.group",
+           "rot90": "a quarter turn is outside data.group"}
 
 
 def _check_stages(stages: list, run: RunConfig) -> None:
@@ -178,5 +207,21 @@ def _check_stages(stages: list, run: RunConfig) -> None:
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config, apply ``--set key=value`` overrides, validate."""
-    return parse_run_config(apply_overrides(load_yaml(path), overrides))
+    """Read a YAML run config, apply ``--set key=value`` overrides, make its data paths absolute, validate."""
+    return parse_run_config(absolute_data_paths(apply_overrides(load_yaml(path), overrides)))
+
+
+DATA_PATH_FIELDS = ("path", "eval_path", "labels_path")
+
+
+def absolute_data_paths(plain: dict[str, Any]) -> dict[str, Any]:
+    """A plain run config whose relative ``data`` paths are made absolute here, on the driver: training workers,
+    Tune trials and Ray Data tasks run in other working directories, where a relative path names nothing."""
+    from raytopo.data.files import absolute_location
+
+    data = plain.get("data")
+    if not isinstance(data, dict):
+        return plain
+    fixed = {key: absolute_location(value) for key, value in data.items()
+             if key in DATA_PATH_FIELDS and isinstance(value, str) and value}
+    return {**plain, "data": {**data, **fixed}}

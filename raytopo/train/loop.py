@@ -26,7 +26,8 @@ from raytopo.models.ema import make_ema, update_ema
 from raytopo.registry import get_family
 from raytopo.checkpoint import CheckpointData, load_checkpoint, save_checkpoint, unwrap
 from raytopo.train.config import RunConfig, parse_run_config
-from raytopo.train.data import batch_iterator
+from raytopo.data.order import DataPosition
+from raytopo.train.data import batch_iterator, stage_batches
 from raytopo.train.logging import RunLogger
 from raytopo.train.step import broadcast_parameters, train_step
 from raytopo.train.storage import publish
@@ -66,23 +67,31 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
     if start and rank == 0:
         print(f"[raytopo] resuming at step {start + 1}/{run.train.steps}", flush=True)
     weights = family.loss_weights(run)
-    batches = batch_iterator(run.data, run.train.batch_size, rank, world, run.train.seed, start, device)
+    position = DataPosition.from_plain(checkpoint.data) if checkpoint is not None and checkpoint.data else None
+    batches = batch_iterator(run.data, run.train.batch_size, rank, world, run.train.seed, device,
+                             position=position, start_step=start)
+    trace = RowTrace(run.run_dir / "data_trace", rank) if run.data.trace_rows else None
     logger = RunLogger(run.run_dir / "tensorboard", run.train.steps, start,
                        run.train.batch_size * world, enabled=rank == 0)
     try:
         for step in range(start, run.train.steps):
             if (index := stage_index_at(stages, step)) != stage_index:
                 stage_index = index
-                stage_batches = batch_iterator(run.data, run.train.batch_size, rank, world,
-                                               step_seed(run.train.seed, rank, step), step, device)
-                model, ema, optimizer = enter_stage(family, model, ema, run, stages[stage_index], stage_batches,
+                own_batches = stage_batches(run.data, run.train.batch_size, rank, world,
+                                            step_seed(run.train.seed, rank, step), step, device)
+                model, ema, optimizer = enter_stage(family, model, ema, run, stages[stage_index], own_batches,
                                                     step)
+                own_batches.close()
             ctx.step = step
             ctx.generator.manual_seed(step_seed(run.train.seed, rank, step))
             for group in optimizer.param_groups:
                 group["lr"] = run.train.lr_at(step) * group["lr_scale"]
             metrics = train_step(model, family, next(batches), ctx, weights, optimizer,
                                  run.train.microbatches, run.train.grad_clip, run.train.precision)
+            if trace is not None:
+                trace.write(step + 1, batches.position.epoch, batches.last_ids)
+            if run.data.max_bad_files:
+                metrics["bad_rows"] = float(batches.bad_rows)
             update_ema(ema, model, run.train.ema_rate_at(step))
             done = step + 1
             _maybe_sample(family, ema, run, logger, done)
@@ -93,9 +102,11 @@ def train_loop_per_worker(plain_config: dict[str, Any]) -> None:
                 values = logger.scalars(done, metrics, run.train.lr_at(step))
                 saved = None  # rank 0 attaches a checkpoint when one is due
                 if checkpoint_due and rank == 0:
-                    saved = SavedState(model, ema, optimizer, stage_index, family.structure(unwrap(model)))
+                    saved = SavedState(model, ema, optimizer, stage_index, family.structure(unwrap(model)),
+                                       batches.position.to_plain())
                 _report({**values, **evaluation, "step": done}, saved, run, rank)
     finally:
+        batches.close()
         logger.close()
         if rank == 0:
             publish(run.run_dir / "tensorboard", run.ray.storage_path, run.ray.name, "tensorboard")
@@ -113,6 +124,22 @@ class SavedState:
     optimizer: torch.optim.Optimizer
     stage: int = 0
     structure: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, int] = field(default_factory=dict)   # the data stream's position (`DataPosition`)
+
+
+class RowTrace:
+    """``data.trace_rows``: one JSON line per step, ``{"step", "epoch", "ids"}``, in ``<folder>/rank-<r>.jsonl``
+    (what this rank trained on; a crash and resume append, so replayed steps appear twice)."""
+
+    def __init__(self, folder: Path, rank: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"rank-{rank}.jsonl"
+
+    def write(self, step: int, epoch: int, ids: list[str]) -> None:
+        import json
+
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, "epoch": epoch, "ids": ids}) + "\n")
 
 
 def enter_stage(family, model: torch.nn.Module, ema: torch.nn.Module, run: RunConfig, stage: Stage, batches,
@@ -249,7 +276,7 @@ def _report(metrics: dict[str, float], saved: SavedState | None, run: RunConfig,
 
     def save(directory: Path) -> Path:
         return save_checkpoint(directory, saved.model, saved.ema, saved.optimizer, step, run.to_plain(),
-                               stage=saved.stage, structure=saved.structure)
+                               stage=saved.stage, structure=saved.structure, data=saved.data)
 
     if run.ray.num_workers == 0:
         directory = save(run.run_dir / "checkpoints" / f"checkpoint_{step:07d}")

@@ -30,7 +30,6 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raytopo.data.source_registry import get_source, resolve
     from raytopo.train.loop import train_loop_per_worker
 
     resources = {"CPU": run.ray.cpus_per_worker, **run.ray.worker_resources}
@@ -44,10 +43,8 @@ def build_trainer(run: RunConfig, resume_from: Path | None = None, callbacks: Se
         callbacks=list(callbacks) or None,
     )
     loop_config = {**run.to_plain(), "resume_from": str(resume_from) if resume_from else None}
-    source = get_source(run.data.source)
-    datasets = {"train": resolve(source.dataset)(run.data)} if source.streamed else None
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
-                        run_config=run_config, datasets=datasets)
+                        run_config=run_config)
 
 
 def run_training(run: RunConfig, address: str | None = None, resume: bool = False) -> TrainingOutcome:
@@ -63,10 +60,41 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
     resume_from = checkpoint_to_resume(run, resume)
     started_here = ensure_ray(address)
     check_capacity(run, strict=started_here)
-    result = build_trainer(run, resume_from).fit()
+    result = fit(build_trainer(run, resume_from))
     checkpoint = _checkpoint_address(result.checkpoint)
     return TrainingOutcome(checkpoint=checkpoint, metrics=dict(result.metrics or {}), run_dir=run.run_dir,
                            location=run.location)
+
+
+def fit(trainer: Any) -> Any:
+    """``trainer.fit()``; a user error raised on a worker (a file a stream could not decode) is re-raised here
+    as itself, so the command prints its one line instead of Ray's wrapped traceback."""
+    try:
+        return trainer.fit()
+    except Exception as error:
+        cause = user_error_inside(error)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def user_error_inside(error: BaseException) -> BaseException | None:
+    """The first `RaytopoError` in ``error``'s causes and worker failures (Ray Train wraps worker errors)."""
+    from raytopo.errors import RaytopoError
+
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RaytopoError):
+            return current
+        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+        failures = getattr(current, "worker_failures", None) or {}
+        pending += list(failures.values()) if isinstance(failures, dict) else list(failures)
+    return None
 
 
 def with_absolute_storage(run: RunConfig) -> RunConfig:
@@ -102,7 +130,10 @@ def checkpoint_to_resume(run: RunConfig, resume: bool) -> Path | None:
     from raytopo.train.config import parse_run_config
 
     saved = parse_run_config(load_checkpoint_config(checkpoint)).to_plain()  # defaults of newer fields filled in
-    differing = config_differences(saved, run.to_plain(), sections=("family", "model", "data"))
+    from raytopo.data.config import RESUMABLE_FIELDS
+
+    differing = [path for path in config_differences(saved, run.to_plain(), sections=("family", "model", "data"))
+                 if path.removeprefix("data.") not in RESUMABLE_FIELDS]
     if differing:
         raise ConfigError(f"--resume: the config differs from the checkpoint's ({checkpoint}) in "
                           f"{', '.join(differing)}; resume with the same family, model and data settings")
@@ -147,15 +178,19 @@ def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
 
 
 def requested_cpus(run: RunConfig) -> float:
-    """CPUs the run asks for: its training workers plus each worker's own persistence actors."""
+    """CPUs the run asks for: its training workers, each worker's own persistence actors, and room for one
+    Ray Data read task when the data streams (without it a stream waits forever)."""
     from raytopo.registry import get_family
+
+    from raytopo.data.sources import streams
 
     workers = max(run.ray.num_workers, 1)
     worker_cpus = run.ray.num_workers * run.ray.cpus_per_worker
     family = get_family(run.family)
     uses_pool = family.needs_pool(run)
     actor_cpus = workers * run.ray.persistence_actors * run.ray.cpus_per_actor if uses_pool else 0.0
-    return worker_cpus + actor_cpus
+    reader_cpus = run.data.reader_cpus if streams(run.data) else 0.0
+    return worker_cpus + actor_cpus + reader_cpus
 
 
 def check_capacity(run: RunConfig, strict: bool) -> None:
@@ -170,7 +205,8 @@ def check_capacity(run: RunConfig, strict: bool) -> None:
         return
     message = (
         f"ray: the run needs {needed:g} CPUs (num_workers x cpus_per_worker + each worker's persistence_actors x "
-        f"cpus_per_actor) but the cluster has {available:g}; lower ray.cpus_per_worker/cpus_per_actor or the counts"
+        f"cpus_per_actor + data.reader_cpus for a streamed data set) but the cluster has {available:g}; lower "
+        "ray.cpus_per_worker/cpus_per_actor, data.reader_cpus or the counts"
     )
     if strict:
         raise ConfigError(message)

@@ -40,7 +40,7 @@ from typing import Any, Literal, Mapping
 from raytopo.config import from_dict, load_yaml, to_dict
 from raytopo.errors import ConfigError
 from raytopo.families.sampling import SamplerSettings
-from raytopo.train.config import RunConfig, parse_run_config
+from raytopo.train.config import RunConfig, absolute_data_paths, parse_run_config
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SAMPLE_PREFIX = "sample."
@@ -444,6 +444,7 @@ def _base_config(base: Any, root: Path, fixed: Mapping[str, Any], resources: Res
     for key, value in fixed.items():
         set_dotted(data, str(key), value, where=f"fixed.{key}")
     data.setdefault("ray", {}).update(resources.ray_section())
+    data = absolute_data_paths(data)
     try:
         parse_run_config(data)
     except ConfigError as error:

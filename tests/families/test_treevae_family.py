@@ -92,7 +92,7 @@ def _two_class_images(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("source", ["npy", "class_folder"])
 def test_real_data_sources_train_and_score_with_their_labels(source, tmp_path):
-    images, labels = _two_class_images()
+    images, labels = _two_class_images(80)      # 24 evaluated, 24 for the judge, 32 trained on
     if source == "npy":
         np.save(tmp_path / "images.npy", images)
         np.save(tmp_path / "labels.npy", labels)
@@ -107,7 +107,8 @@ def test_real_data_sources_train_and_score_with_their_labels(source, tmp_path):
         "family": "treevae",
         "model": {"tree": {"latent_dim": 4, "hidden": 16, "encoder_channels": [4, 8, 8], "max_depth": 3},
                   "schedule": {"root": 1, "grow": 1, "grows": 1, "finetune": 1}, "decision_batches": 1},
-        "data": {**data, "image_size": 16}, "train": {"steps": 3, "batch_size": 8}})
+        "data": {**data, "image_size": 16, "eval_fraction": 0.3, "judge_fraction": 0.3},
+        "train": {"steps": 3, "batch_size": 8}})
     family = get_family("treevae")
     torch.manual_seed(0)
     model = family.build(run)

@@ -201,12 +201,13 @@ def test_evaluate_model_reports_its_metric_names_on_every_source(source, tmp_pat
     plain = config(group="Z2", mechanism="none")
     if source == "npy":
         np.save(tmp_path / "images.npy", _glyph_uint8())
-        plain["data"] = {"source": "npy", "path": str(tmp_path / "images.npy"), "image_size": 16, "group": "Z2"}
+        plain["data"] = {"source": "npy", "path": str(tmp_path / "images.npy"), "image_size": 16, "group": "Z2",
+                         "eval_fraction": 0.4}                  # 5 of the 12 images: the 4 evaluated are held out
     elif source == "folder":
         for index, image in enumerate(_glyph_uint8()):
             Image.fromarray(image).save(tmp_path / f"glyph_{index:03d}.png")
         plain["data"] = {"source": "folder", "path": str(tmp_path), "convention": "none", "image_size": 16,
-                         "group": "Z2"}
+                         "group": "Z2", "eval_fraction": 0.4}
     run = parse_run_config(plain)
     torch.manual_seed(0)
     model = FAMILY.build(run)
@@ -222,7 +223,7 @@ def test_class_conditional_model_trains_on_labelled_npy_and_samples_per_class(tm
     np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 0, 1, 2]))
     plain = config(group="Z2", mechanism="kernel", num_classes=3)
     plain["data"] = {"source": "npy", "path": str(tmp_path / "images.npy"), "labels_path": str(tmp_path / "labels.npy"),
-                     "image_size": 16, "group": "Z2"}
+                     "image_size": 16, "group": "Z2", "eval_fraction": 0}   # all six in one batch
     run = parse_run_config(plain)
     torch.manual_seed(0)
     model = FAMILY.build(run)

@@ -77,7 +77,8 @@ def test_tdn_run_writes_checkpoints_tensorboard_and_finite_metrics(ray_local, tm
     for step, directory in ((4, folder / "checkpoint_0000004"), (6, folder / "checkpoint_0000006")):
         assert {p.name for p in directory.iterdir()} == CHECKPOINT_FILES
         state = json.loads((directory / "state.json").read_text())
-        assert state == {"step": step, "family": "tdn"}
+        # the data stream's position: 64 images, batches of 8 from one worker -> 8 a step, 8 steps an epoch
+        assert state == {"step": step, "family": "tdn", "data": {"epoch": 0, "consumed": 8 * step, "world": 1}}
         # config.json is the run config itself: enough to rebuild the run without repeating flags.
         assert parse_run_config(json.loads((directory / "config.json").read_text())) == run
         # The optimiser's own step counter agrees with state.json.
@@ -125,7 +126,8 @@ def test_adm_t_run_has_no_topology_term_and_no_pool(ray_local, tmp_path, pool_ca
     assert "topo" not in metrics
     assert {"mse", "vb", "loss"} <= set(metrics) and all(math.isfinite(metrics[k]) for k in ("mse", "vb", "loss"))
     assert metrics["loss"] == pytest.approx(metrics["mse"] + metrics["vb"], rel=1e-5)
-    assert json.loads((outcome.checkpoint / "state.json").read_text()) == {"step": 2, "family": "adm_t"}
+    assert json.loads((outcome.checkpoint / "state.json").read_text()) == {
+        "step": 2, "family": "adm_t", "data": {"epoch": 0, "consumed": 16, "world": 1}}
     assert "train/topo" not in tensorboard_scalars(run.run_dir / "tensorboard")
     assert pool_calls == []
     assert requested_cpus(run) == 0.0

@@ -106,8 +106,8 @@ def _restore_without_optimizer(checkpoint, model, ema, optimizer):
     return _real_restore(checkpoint, model, ema, optimizer)
 
 
-def _iterator_from_step_zero(data, batch_size, rank, world, seed, start_step, device):
-    return _real_batch_iterator(data, batch_size, rank, world, seed, 0, device)
+def _iterator_from_step_zero(data, batch_size, rank, world, seed, device, position=None, start_step=0):
+    return _real_batch_iterator(data, batch_size, rank, world, seed, device)
 
 
 @pytest.mark.parametrize("name, target, replacement", [
