@@ -51,11 +51,12 @@ def test_a_resume_may_change_how_bad_files_are_handled_but_not_the_order(masks, 
     from raytopo.train.trainer import run_training
 
     data = {"source": "folder", "path": str(masks), "image_size": 16}
-    run_training(parse_run_config(tiny_config(tmp_path, name="r", data=data, train={"steps": 2})))
-    more = tiny_config(tmp_path, name="r", data={**data, "max_bad_files": 3, "trace_rows": True},
+    run_training(parse_run_config(tiny_config(tmp_path, name="r", family="adm_t", data=data, train={"steps": 2})))
+    more = tiny_config(tmp_path, name="r", family="adm_t", data={**data, "max_bad_files": 3, "trace_rows": True},
                        train={"steps": 3})
     assert run_training(parse_run_config(more), resume=True).metrics["step"] == 3
-    reordered = tiny_config(tmp_path, name="r", data={**data, "shuffle_buffer": 7}, train={"steps": 4})
+    reordered = tiny_config(tmp_path, name="r", family="adm_t", data={**data, "shuffle_buffer": 7},
+                            train={"steps": 4})
     with pytest.raises(ConfigError, match="data.shuffle_buffer"):
         run_training(parse_run_config(reordered), resume=True)
 

@@ -158,8 +158,9 @@ def _trace(run) -> list[dict]:
 
 
 def _streamed_run(storage: Path, name: str, folder: Path, steps: int, **ray_fields) -> dict:
-    return tiny_config(storage, name=name, data={"source": "folder", "path": str(folder), "image_size": 16,
-                                                 "in_memory_max_bytes": 0, "trace_rows": True, "reader_cpus": 0.5},
+    return tiny_config(storage, name=name, family="adm_t",
+                       data={"source": "folder", "path": str(folder), "image_size": 16, "in_memory_max_bytes": 0,
+                             "trace_rows": True, "reader_cpus": 0.5},
                        train={"steps": steps, "checkpoint_every": 5, "log_every": 5},
                        ray={"persistence_actors": 1, "cpus_per_actor": 0.5, "num_to_keep": 10, **ray_fields})
 
@@ -168,7 +169,7 @@ def test_resume_continues_the_epoch_without_repeating_a_row(ray_local, folders, 
     from raytopo.train.config import parse_run_config
     from raytopo.train.trainer import run_training
 
-    # 96 training rows (tdn reads no eval split), batches of 8: 12 steps an epoch; stop inside epoch 1
+    # 96 training rows (adm_t reads no eval split), batches of 8: 12 steps an epoch; stop inside epoch 1
     straight = parse_run_config(_streamed_run(tmp_path, "straight", folders["masks"], 25))
     run_training(straight)
     part = parse_run_config(_streamed_run(tmp_path, "part", folders["masks"], 15))
