@@ -93,7 +93,7 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
     missing = [name for name in _FILES if not (path / name).is_file()]
     if missing:
         raise InputError(f"{path}: not a raytopo checkpoint (missing {', '.join(missing)})")
-    state = json.loads((path / "state.json").read_text())
+    state = read_state(path)
     optimizer = None
     if with_optimizer and (path / "optimizer.pt").is_file():
         optimizer = _load(path / "optimizer.pt")
@@ -105,7 +105,7 @@ def load_checkpoint(directory: str | Path, with_optimizer: bool = True) -> Check
         optimizer=optimizer,
         step=int(state["step"]),
         family=str(state.get("family")),
-        config=json.loads((path / "config.json").read_text()),
+        config=read_json_object(path / "config.json", "the run config"),
         stage=int(state.get("stage", 0)),
         structure=dict(state.get("structure", {})),
         data=dict(state.get("data", {})),
@@ -128,9 +128,35 @@ def load_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     from raytopo.pretrained import resolve
 
     path = resolve(directory) / "config.json"
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such checkpoint directory")
     if not path.is_file():
         raise InputError(f"{path.parent}: not a raytopo checkpoint (missing config.json)")
-    return json.loads(path.read_text())
+    return read_json_object(path, "the run config")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; InputError naming the file when it is unreadable, truncated or not an
+    object (a damaged checkpoint fails in one line, not a JSONDecodeError traceback)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: damaged checkpoint file, expected {what} as JSON "
+                         f"({error.__class__.__name__})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: damaged checkpoint file, expected {what} as a JSON object, got "
+                         f"{type(value).__name__}")
+    return value
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint directory, with an integer ``step`` >= 0 (InputError naming it if not)."""
+    path = directory / "state.json"
+    state = read_json_object(path, "the training state")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise InputError(f"{path}: damaged checkpoint file, expected a whole 'step' >= 0, got {step!r}")
+    return state
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float16) -> Path:
@@ -190,8 +216,23 @@ def _plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def find_latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest checkpoint directory under a run directory (Ray's ``checkpoint_*`` folders), or None."""
+    """The newest checkpoint directory under a run directory (Ray's ``checkpoint_*`` folders), or None.
+
+    A damaged checkpoint (an unreadable or truncated ``state.json`` or ``config.json``) among them is an
+    InputError naming it and the newest intact one, since resuming from an older one silently would redo steps.
+    """
     candidates = [p.parent for p in Path(root).glob("**/state.json") if not p.parent.name.startswith(".")]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: json.loads((p / "state.json").read_text())["step"])
+    intact: list[tuple[int, Path]] = []
+    damaged: list[tuple[Path, str]] = []
+    for directory in candidates:
+        try:
+            intact.append((read_state(directory)["step"], directory))
+            read_json_object(directory / "config.json", "the run config")
+        except InputError as error:
+            intact = [item for item in intact if item[1] != directory]
+            damaged.append((directory, str(error)))
+    newest = max(intact, default=None, key=lambda item: item[0])
+    if damaged:
+        where = f"the newest intact one is {newest[1]}" if newest else "no intact checkpoint is left"
+        raise InputError(f"{damaged[0][1]} ({where}; move the damaged one aside to resume from it)")
+    return newest[1] if newest else None

@@ -68,13 +68,14 @@ def _topology(args: argparse.Namespace) -> int:
     plot = None
     if args.plot is not None:
         plot = Path(args.plot) if args.plot else args.out / (args.image.stem + "_diagram.png")
-    return run_topology(TopologyArgs(args.image, args.dim, args.top, args.json, plot))
+    return run_topology(TopologyArgs(args.image, args.dim, args.top, args.json, plot, args.overwrite))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from raytopo.commands.evaluate import EvaluateArgs, run_evaluate
 
-    return run_evaluate(EvaluateArgs(args.folder, args.dim, args.convention, args.classes, args.json, args.out))
+    return run_evaluate(EvaluateArgs(args.folder, args.dim, args.convention, args.classes, args.json, args.out,
+                                     args.overwrite))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -93,10 +94,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _pipeline(args: argparse.Namespace) -> int:
     from raytopo.commands.pipeline import PipelineArgs, run_pipeline
-    from raytopo.commands.sample import sampler_settings
+    from raytopo.commands.sample import given_sampler_flags, sampler_settings
 
     return run_pipeline(PipelineArgs(args.masks_from, args.controlnet, args.counts, args.per_count, args.out,
-                                     args.class_name, sampler_settings(args), args.batch_size, args.overwrite))
+                                     args.class_name, sampler_settings(args), args.batch_size, args.overwrite,
+                                     given_sampler_flags(args)))
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -107,10 +109,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from raytopo.commands.score import ScoreArgs, run_score
-    from raytopo.commands.sample import sampler_settings
+    from raytopo.commands.sample import given_sampler_flags, sampler_settings
 
     return run_score(ScoreArgs(args.checkpoint, sampler_settings(args), args.per_count, args.batch_size, args.json,
-                               args.out))
+                               args.out, args.overwrite, given_sampler_flags(args)))
 
 
 def _data_shapes(args: argparse.Namespace) -> int:
@@ -163,23 +165,46 @@ def _pointcloud(args: argparse.Namespace) -> int:
 
 
 def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sampler flags shared by `sample` and `score` (fields of SamplerSettings, plus the batch size)."""
-    parser.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default="ddim", metavar="NAME",
+    """The sampler flags shared by `sample`, `score` and `pipeline` (fields of SamplerSettings, plus the batch
+    size). Left out, a flag is None and takes the settings' default, so a command can tell a flag given to a
+    model that would ignore it."""
+    parser.add_argument("--sampler", choices=_LazyChoices("SAMPLERS"), default=None, metavar="NAME",
                         help="%(choices)s (default ddim); ddpm samples with the posterior variance, ddpm_learned "
                              "with the model's learned variance (iDDPM)")
-    parser.add_argument("--steps", type=_at_least(1), default=50, help="sampling steps (default 50)")
-    parser.add_argument("--eta", type=float, default=None,
+    parser.add_argument("--steps", type=_at_least(1), default=None, help="sampling steps (default 50)")
+    parser.add_argument("--eta", type=_finite_in(0, 1), default=None,
                         help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
-    parser.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default="default", metavar="NAME",
+    parser.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default=None, metavar="NAME",
                         help="sigmas: default (the model's own evenly strided steps) or karras (eq. 5 of Karras"
                              " et al. 2022)")
-    parser.add_argument("--rho", type=float, default=7.0, help="karras schedule exponent (default 7)")
+    parser.add_argument("--rho", type=_finite_in(0, None, open_low=True), default=None,
+                        help="karras schedule exponent (default 7)")
     parser.add_argument("--seed", type=_at_least(0), default=0)
     parser.add_argument("--batch-size", type=_at_least(1), default=16)
-    parser.add_argument("--guidance", type=float, default=None,
+    parser.add_argument("--guidance", type=_finite_in(0, None), default=None,
                         help="ldm/controlnet: classifier-free guidance scale s (default: the model's, 3)")
-    parser.add_argument("--conditioning-scale", type=float, default=None,
+    parser.add_argument("--conditioning-scale", type=_finite_in(0, None), default=None,
                         help="controlnet: factor of the ControlNet residuals (default: the model's, 1)")
+
+
+def _finite_in(low: float | None, high: float | None, open_low: bool = False):
+    """An argparse type: a finite number in [low, high] (``open_low``: > low), refused in one line otherwise."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if open_low else value < low)
+        if too_low or (high is not None and value > high):
+            bound = f"> {low:g}" if open_low else f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     topology.add_argument("--out", type=Path, default=Path("."),
                           help="folder for --plot's default file (default: the current folder)")
+    topology.add_argument("--overwrite", action="store_true", help="replace a diagram plot raytopo wrote before")
     topology.set_defaults(run=_topology)
 
     evaluate = commands.add_parser("evaluate", help="count accuracy, P/R/F1 and MAE of masks labelled by file name")
@@ -214,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace a metrics file raytopo wrote before")
     evaluate.set_defaults(run=_evaluate)
 
     train = commands.add_parser("train", help="train a model family on Ray (Ray Train TorchTrainer)")
@@ -249,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_arguments(score)
     score.add_argument("--json", action="store_true", help="print JSON instead of one line per metric")
     score.add_argument("--out", type=Path, default=None, help="also write the metrics JSON to this file")
+    score.add_argument("--overwrite", action="store_true", help="replace a metrics file raytopo wrote before")
     score.set_defaults(run=_score)
 
     pipeline = commands.add_parser("pipeline", help="counts -> mask -> image: a count model's masks rendered by a "
@@ -312,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(run=_data_inspect)
 
-    study = commands.add_parser("study", help="variants x seeds as a Tune grid: means, spreads, 95% intervals")
+    study = commands.add_parser("study", help="variants x seeds as a Tune grid: means, spreads, 95%% intervals")
     study.add_argument("spec", type=Path, help="a YAML study, e.g. studies/topovae_claim.yaml")
     study.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
     study.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a new local cluster)")
@@ -355,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     pointcloud.add_argument("--points", type=Path, default=None, help="initial cloud: JSON [[x, y], ...] or .npy [N, 2]")
     pointcloud.add_argument("--target-points", type=Path, default=None, help="target cloud, same formats")
     pointcloud.add_argument("--steps", type=_at_least(1), default=None, help="Adam steps (default: the preset's)")
-    pointcloud.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
+    pointcloud.add_argument("--lr", type=_finite_in(0, None, open_low=True), default=None,
+                            help="Adam learning rate (default: the preset's)")
     pointcloud.add_argument("--weights", default=None, metavar="W1,...,W7",
                             help="bottleneck0,bottleneck1,persentropy0,persentropy1,dsigma0,dsigma1,density")
     pointcloud.add_argument("--frame-every", type=int, default=None, help="steps between frames (default: preset's)")
     pointcloud.add_argument("--seed", type=_at_least(0), default=0, help="seed of the preset's clouds (default 0)")
-    pointcloud.add_argument("--scale", type=float, default=None, help="check scale (default: from the target)")
+    pointcloud.add_argument("--scale", type=_finite_in(0, None, open_low=True), default=None,
+                            help="check scale (default: from the target)")
     pointcloud.add_argument("--no-push0", action="store_true", help="no push0 step when no loss applies")
     pointcloud.set_defaults(run=_pointcloud)
     return parser
@@ -385,8 +415,12 @@ def _outlive_job(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else list(argv)):   # no command: what there is, not an error line
+        parser.print_help(sys.stderr)
+        return 2
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # a bad argument (usage + one line, status 2) or --help (status 0)
         return int(exit_.code or 0)
     try:

@@ -10,20 +10,168 @@ This module converts between those and the plain dicts that YAML files, Ray and 
 * `apply_overrides(data, ["a.b=3", ...])` edits a dict before conversion (values parsed as YAML).
 
 A bad value fails here, before any Ray worker starts, with a `ConfigError` naming the field path.
+
+Ranges are declared where a field is: ``lr: Annotated[float, Bounds(gt=0)] = 2e-5``. Every config dataclass
+derives from `Checked`, whose check runs before the class's own ``__post_init__`` on every construction (from
+YAML, a flag, a Tune space or code): a declared range is enforced, and every float must be finite (``.nan`` or
+``.inf`` in a YAML file is a typo, never a setting) unless its `Bounds` say ``finite=False``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from raytopo.errors import ConfigError
 
 T = TypeVar("T")
+
+
+# --- declared ranges --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The range a number field allows, declared with ``Annotated[float, Bounds(...)]``; ``finite=False`` lets a
+    float be infinite (never NaN)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    finite: bool = True
+
+    def allows(self, value: float) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1)``, ..."""
+        low = (f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None)
+        high = (f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if self.ge is not None else '>'} {low[1:]}"
+        if high:
+            return f"{'<=' if self.le is not None else '<'} {high[:-1]}"
+        return "a finite number" if self.finite else "a number"
+
+
+AtLeastOne = Annotated[int, Bounds(ge=1)]
+NonNegative = Annotated[float, Bounds(ge=0)]
+NonNegativeInt = Annotated[int, Bounds(ge=0)]
+Positive = Annotated[float, Bounds(gt=0)]
+Fraction = Annotated[float, Bounds(ge=0, le=1)]
+
+
+class Checked:
+    """Base of every config dataclass: declared `Bounds` and finite floats are checked on every construction,
+    before the class's own ``__post_init__`` (which keeps the checks that relate several fields).
+    ``config_path`` names the section in messages of an instance built outside `from_dict` (``train``, ...)."""
+
+    config_path: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self: Any) -> None:
+            check_numbers(self)
+            if own is not None:
+                own(self)         # may normalise a value (an int dim to "1") before its choices are checked
+            check_choices(self)
+
+        cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+
+
+def check_fields(obj: Any) -> None:
+    """Every field of dataclass ``obj`` against its declared `Bounds` (floats finite unless declared otherwise)
+    and its ``Literal`` choices."""
+    check_numbers(obj)
+    check_choices(obj)
+
+
+def _prefix(obj: Any) -> str:
+    return f"{type(obj).config_path}." if getattr(type(obj), "config_path", "") else ""
+
+
+def check_numbers(obj: Any) -> None:
+    prefix = _prefix(obj)
+    for name, bounds in _field_bounds(type(obj)).items():
+        _check_number(getattr(obj, name), bounds, f"{prefix}{name}")
+
+
+def check_choices(obj: Any) -> None:
+    prefix = _prefix(obj)
+    for name, allowed in _field_choices(type(obj)).items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise ConfigError(f"{prefix}{name}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The allowed values of each ``Literal`` field (``None`` added for an optional one)."""
+    hints = get_type_hints(cls)
+    out = {}
+    for field in dataclasses.fields(cls):
+        annotation = hints.get(field.name)
+        options = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+        literals = [o for o in options if get_origin(o) is Literal]
+        if literals:
+            out[field.name] = tuple(v for o in literals for v in get_args(o)) + (
+                (None,) if type(None) in options else ())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _field_bounds(cls: type) -> dict[str, Bounds]:
+    """Each numeric field's `Bounds` (a default ``Bounds()`` for an undeclared float: finite)."""
+    hints = get_type_hints(cls, include_extras=True)
+    out = {}
+    for field in dataclasses.fields(cls):
+        bounds = _bounds_of(hints.get(field.name))
+        if bounds is not None:
+            out[field.name] = bounds
+    return out
+
+
+def _bounds_of(annotation: Any) -> Bounds | None:
+    if get_origin(annotation) is Annotated:
+        declared = [m for m in annotation.__metadata__ if isinstance(m, Bounds)]
+        return declared[0] if declared else _bounds_of(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType, tuple, list, dict):
+        found = [b for b in (_bounds_of(arg) for arg in get_args(annotation) if arg is not Ellipsis) if b]
+        return found[0] if found else None
+    return Bounds() if annotation is float else None
+
+
+def _check_number(value: Any, bounds: Bounds, path: str) -> None:
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_number(item, bounds, f"{path}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_number(item, bounds, f"{path}.{key}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if math.isnan(value) or (bounds.finite and math.isinf(value)):
+        wanted = bounds.describe() if bounds.describe().startswith("a ") else f"a finite number {bounds.describe()}"
+        raise ConfigError(f"{path}: expected {wanted}, got {value}")
+    if not bounds.allows(value):
+        raise ConfigError(f"{path}: expected {bounds.describe()}, got {value}")
+
+
+# --- dicts <-> dataclasses --------------------------------------------------------------------------------------
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
@@ -73,7 +221,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: expected a YAML text file, found binary data (an image?)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if data is None:
@@ -166,7 +318,8 @@ def _coerce_scalar(annotation: Any, value: Any, path: str) -> Any:
             return value.lower() == "true"
         raise ConfigError(f"{path}: expected true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or int(value) != value):
             raise ConfigError(f"{path}: expected a whole number, got {value!r}")
         return int(value)
     if annotation is float:
@@ -212,4 +365,5 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "dump_yaml", "apply_overrides", "field_names"]
+__all__ = ["AtLeastOne", "Bounds", "Checked", "Fraction", "NonNegative", "NonNegativeInt", "Positive", "apply_overrides",
+           "check_fields", "dump_yaml", "field_names", "from_dict", "load_yaml", "to_dict"]

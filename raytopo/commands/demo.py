@@ -13,9 +13,7 @@ The recipe (x0 prediction, warm-ups, topology weight) and its measurements are i
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,10 +103,18 @@ class Timings:
 
 
 def run_demo(args: DemoArgs) -> int:
-    from raytopo.train.trainer import ensure_ray
-
     _check(args)
     out = _fresh_demo_folder(args.out.expanduser().resolve())
+    kept = _files(out)            # what someone else put there: never listed, never removed
+    try:
+        return _demo(args, out)
+    finally:
+        _list_outputs(out, kept)
+
+
+def _demo(args: DemoArgs, out: Path) -> int:
+    from raytopo.train.trainer import ensure_ray
+
     timings = Timings()
     started = time.perf_counter()
     quiet = {} if args.verbose else {"logging_level": logging.ERROR}   # Ray's own lines only with --verbose
@@ -167,9 +173,10 @@ def _train(config: dict[str, Any]) -> Path:
 
 
 def _describe_base(location: str) -> str:
+    from raytopo.checkpoint import read_state
     from raytopo.pretrained import resolve
 
-    state = json.loads((resolve(location) / "state.json").read_text())
+    state = read_state(resolve(location))
     return f"{state['step']} steps; regenerate it with: raytopo demo --from-scratch --export-base DIR"
 
 
@@ -212,17 +219,53 @@ def _side_by_side(results: dict[str, tuple[dict, Any]], path: Path, per_row: int
 
 
 _MARKER = ".raytopo-demo"
+_MARKER_HEADER = "written by raytopo demo; the next demo run replaces exactly the files listed below\n"
 
 
 def _fresh_demo_folder(out: Path) -> Path:
-    """An empty folder for the demo; only a previous demo's folder (marked) is ever replaced."""
+    """An empty folder for the demo. A previous demo's folder (marked) is reused: the files that demo wrote
+    (listed in the marker) are removed, and nothing else; a file someone added where the demo writes its runs
+    or samples stops the demo in one line instead of being deleted."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: expected a folder, found a file")
     if out.exists() and any(out.iterdir()):
-        if not (out / _MARKER).is_file():
+        marker = out / _MARKER
+        if not marker.is_file():
             raise InputError(f"--out {out}: folder exists and was not made by raytopo demo; choose another")
-        shutil.rmtree(out)
+        _remove_listed(out, marker)
     out.mkdir(parents=True, exist_ok=True)
-    (out / _MARKER).write_text("written by raytopo demo; replaced by the next demo run\n")
+    (out / _MARKER).write_text(_MARKER_HEADER)
     return out
+
+
+def _remove_listed(out: Path, marker: Path) -> None:
+    text = marker.read_text()
+    if not text.startswith(_MARKER_HEADER):
+        raise InputError(f"--out {out}: made by an older raytopo demo that kept no list of its files; delete it "
+                         "yourself or choose another --out")
+    for relative in text[len(_MARKER_HEADER):].splitlines():
+        path = out / relative
+        if relative and ".." not in Path(relative).parts and path.is_file():
+            path.unlink()
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    for name in (BASE_NAME, "adm_t", "tdn", "samples"):
+        left = [p for p in (out / name).rglob("*") if p.is_file()] if (out / name).exists() else []
+        if left:
+            raise InputError(f"--out {out}: {left[0]} was not written by raytopo demo and lies where the demo "
+                             "writes; move it or choose another --out")
+
+
+def _files(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != _MARKER}
+
+
+def _list_outputs(out: Path, kept: set[str]) -> None:
+    """Record every file this demo wrote under ``out`` in the marker, so that the next demo removes exactly
+    these."""
+    files = sorted(_files(out) - kept)
+    (out / _MARKER).write_text(_MARKER_HEADER + "".join(f"{name}\n" for name in files))
 
 
 _COLUMNS = [("dim0_conn4_accuracy", "accuracy"), ("dim0_conn4_f1", "macro F1"), ("dim0_conn4_mae", "MAE"),

@@ -63,6 +63,7 @@ class EvaluateArgs:
     classes: str | None = None  # comma-separated, e.g. "1,2,3,4,5"
     as_json: bool = False
     out: Path | None = None
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,12 @@ def flat_metrics(result: dict) -> dict[str, float]:
 
 def run_evaluate(args: EvaluateArgs) -> int:
     """Evaluate ``args.folder``; print a table or JSON; write JSON to ``args.out`` if given."""
+    from raytopo.outputs import check_output, json_with_keys
+
     classes = None if args.classes is None else parse_classes(args.classes)
+    if args.out is not None:
+        check_output(args.out, "--out", inputs=[args.folder], overwrite=args.overwrite,
+                     owned=json_with_keys("folder", "convention", "dims", "measures"))
     result = evaluate_folder(args.folder, args.dims, args.convention, classes)
     if args.out is not None:
         write_json_atomic(result, args.out)

@@ -25,14 +25,19 @@ class ExportArgs:
 
 
 def run_export(args: ExportArgs) -> int:
-    from raytopo.train.loading import load_model_for_sampling
+    from raytopo.train.loading import checkpoint_run, load_model_for_sampling
 
-    if args.diffusers.exists() and (not args.diffusers.is_dir() or any(args.diffusers.iterdir())):
+    from raytopo.outputs import check_output
+    from raytopo.pretrained import resolve
+
+    check_output(args.diffusers, "--diffusers", folder=True, inputs=[resolve(str(args.checkpoint))])
+    if args.diffusers.exists() and any(args.diffusers.iterdir()):
         raise InputError(f"--diffusers {args.diffusers}: expected a new or empty folder (nothing is overwritten)")
-    family, run, model = load_model_for_sampling(args.checkpoint)
+    family, run = checkpoint_run(args.checkpoint)          # config only: refuse before loading weights
     if run.family not in LATENT_FAMILIES:
         raise InputError(f"{args.checkpoint}: diffusers export is for the latent families "
                          f"({', '.join(LATENT_FAMILIES)}), got family {run.family!r}")
+    family, run, model = load_model_for_sampling(args.checkpoint)
     written = export_diffusers(family, run, model, args.diffusers)
     print(f"wrote {', '.join(written)} to {args.diffusers}")
     return 0

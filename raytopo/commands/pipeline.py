@@ -37,16 +37,22 @@ class PipelineArgs:
     settings: Any           # SamplerSettings of both stages
     batch_size: int = 16
     overwrite: bool = False
+    sampler_flags: frozenset[str] = frozenset()   # the sampler flags given (checked against both families)
 
 
 def run_pipeline(args: PipelineArgs) -> int:
-    from raytopo.commands.sample import check_output_folder
+    from raytopo.commands.sample import check_output_folder, check_sampler_flags, parse_counts
     from raytopo.parallel.cpus import use_free_cpus
 
-    check_output_folder(args.out, args.overwrite)
+    check_output_folder(args.out, args.overwrite, (args.masks_from, args.controlnet))
+    stages = [stage_run(args.masks_from, "counts", "--masks-from", "a count model (tdn or adm_t)"),
+              stage_run(args.controlnet, "masks", "--controlnet", "a controlnet checkpoint")]
+    check_sampler_flags(args.sampler_flags, *stages)            # every refusal before a weight is loaded
+    parse_counts(args.counts, 2 if stages[0][1].data.convention == "two_counts" else 1)
+    check_class(stages[1], args.class_name)
     use_free_cpus()
-    mask_stage = load_stage(args.masks_from, "counts", "--masks-from", "a count model (tdn or adm_t)")
-    image_stage = load_stage(args.controlnet, "masks", "--controlnet", "a controlnet checkpoint")
+    mask_stage = load_stage(args.masks_from)
+    image_stage = load_stage(args.controlnet)
     masks, cond = generate_masks(mask_stage, args)
     image_size = image_stage[1].data.image_size
     label = class_label(image_stage, args.class_name, len(masks))
@@ -59,14 +65,30 @@ def run_pipeline(args: PipelineArgs) -> int:
     return 0
 
 
-def load_stage(checkpoint: Path, conditions: str, flag: str, expected: str) -> tuple[Any, Any, torch.nn.Module]:
-    """(family, run, EMA model) of a checkpoint whose family samples under ``conditions``."""
-    from raytopo.train.loading import load_model_for_sampling
+def stage_run(checkpoint: Path, conditions: str, flag: str, expected: str) -> tuple[Any, Any]:
+    """(family, run) of a checkpoint whose family samples under ``conditions`` (its config only)."""
+    from raytopo.train.loading import checkpoint_run
 
-    family, run, model = load_model_for_sampling(checkpoint)
+    family, run = checkpoint_run(checkpoint)
     if family.sampling_conditions(run) != conditions:
         raise InputError(f"{flag} {checkpoint}: expected {expected}, got a checkpoint of family {run.family!r}")
-    return family, run, model
+    return family, run
+
+
+def load_stage(checkpoint: Path) -> tuple[Any, Any, torch.nn.Module]:
+    """(family, run, EMA model) of a checkpoint already checked by `stage_run`."""
+    from raytopo.train.loading import load_model_for_sampling
+
+    return load_model_for_sampling(checkpoint)
+
+
+def check_class(stage: tuple[Any, Any], name: str | None) -> None:
+    """``--class`` names one of the ControlNet's classes, or ``any``."""
+    family, run = stage
+    names = family.class_names(run)
+    if name not in (None, "any") and name not in names:
+        raise InputError(f"--class: unknown class {name!r}; known: {', '.join(names) or 'none (unconditional)'}, "
+                         "or any")
 
 
 def generate_masks(stage: tuple[Any, Any, torch.nn.Module], args: PipelineArgs) -> tuple[torch.Tensor, dict]:
@@ -96,9 +118,6 @@ def class_label(stage: tuple[Any, Any, torch.nn.Module], name: str | None, n: in
         return torch.full((n,), model.null_class)
     if name is None:
         return torch.arange(n) % len(names)
-    if name not in names:
-        raise InputError(f"--class: unknown class {name!r}; known: {', '.join(names) or 'none (unconditional)'}, "
-                         "or any")
     return torch.full((n,), names.index(name))
 
 

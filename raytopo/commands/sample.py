@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from raytopo.errors import InputError
-from raytopo.train.loading import load_model_for_sampling
 
 if TYPE_CHECKING:
     from raytopo.families.sampling import SamplerSettings
@@ -24,13 +23,13 @@ class SampleArgs:
     counts: str | None
     per_count: int
     out: Path
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float | None = None  # None: the sampler's default (ddim 0, euler_ancestral 1)
+    sampler: str | None = None          # None: a flag not given (its default applies: ddim)
+    steps: int | None = None            # None: 50
+    eta: float | None = None            # None: the sampler's default (ddim 0, euler_ancestral 1)
     seed: int = 0
     batch_size: int = 16
-    schedule: str = "default"
-    rho: float = 7.0
+    schedule: str | None = None         # None: default
+    rho: float | None = None            # None: 7 (karras only)
     overwrite: bool = False
     classes: str | None = None          # class families: names (or indices) to sample, default all
     masks: Path | None = None           # mask families: a folder of masks to follow, default held-out masks
@@ -38,13 +37,43 @@ class SampleArgs:
     conditioning_scale: float | None = None
 
 
+SAMPLER_FLAGS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "schedule": "--schedule",
+                 "rho": "--rho", "guidance": "--guidance", "conditioning_scale": "--conditioning-scale"}
+"""SamplerSettings fields set by a flag; a flag left out is None and takes the settings' default."""
+
+
+def given_sampler_flags(args: Any) -> frozenset[str]:
+    """The SamplerSettings fields whose flag was given (not None)."""
+    return frozenset(name for name in SAMPLER_FLAGS if getattr(args, name, None) is not None)
+
+
 def sampler_settings(args: Any) -> "SamplerSettings":
-    """SamplerSettings from parsed flags (``sampler``, ``steps``, ``eta``, ``seed``, ``schedule``, ``rho``)."""
+    """SamplerSettings from parsed flags (``sampler``, ``steps``, ``eta``, ``seed``, ``schedule``, ``rho``,
+    ``guidance``, ``conditioning_scale``; a flag left out takes the settings' default). A flag the chosen
+    sampler or schedule would ignore is refused in one line."""
+    from raytopo.diffusion.samplers import USES_ETA
     from raytopo.families.sampling import SamplerSettings
 
-    return SamplerSettings(name=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                           schedule=args.schedule, rho=args.rho, guidance=getattr(args, "guidance", None),
-                           conditioning_scale=getattr(args, "conditioning_scale", None))
+    given = {name: getattr(args, name) for name in given_sampler_flags(args)}
+    settings = SamplerSettings(**{"name" if key == "sampler" else key: value for key, value in given.items()},
+                               seed=args.seed)
+    if "eta" in given and settings.name not in USES_ETA:
+        raise InputError(f"--eta: sampler {settings.name!r} takes no eta (only {', '.join(sorted(USES_ETA))}); "
+                         "leave it out")
+    if "rho" in given and settings.schedule != "karras":
+        raise InputError("--rho: only the karras schedule takes rho; add --schedule karras or leave --rho out")
+    return settings
+
+
+def check_sampler_flags(given: frozenset[str], *stages: tuple[Any, Any]) -> None:
+    """Refuse a sampler flag that no ``(family, run)`` of the command samples with (TreeVAE reads only the seed,
+    only the latent families take --guidance): it would be ignored without a word."""
+    used = frozenset().union(*(family.sampler_fields for family, _ in stages))
+    for name in sorted(given - used, key=list(SAMPLER_FLAGS).index):
+        names = " and ".join(repr(run.family) for _, run in stages)
+        reads = ", ".join(SAMPLER_FLAGS[field] for field in SAMPLER_FLAGS if field in used) or "only --seed"
+        raise InputError(f"{SAMPLER_FLAGS[name]}: family {names} does not sample with it (it reads {reads}); "
+                         "leave it out")
 
 
 def parse_counts(text: str, counts_per_image: int) -> list[tuple[float, ...]]:
@@ -66,22 +95,31 @@ def parse_counts(text: str, counts_per_image: int) -> list[tuple[float, ...]]:
 
 
 def run_sample(args: SampleArgs) -> int:
-    for name in ("per_count", "batch_size", "steps"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
-    from raytopo.parallel.cpus import use_free_cpus
+    """Every argument is checked against the checkpoint's config before its weights load (a refusal takes
+    seconds); then sample and write the images."""
+    from raytopo.train.loading import checkpoint_run
 
+    for name in ("per_count", "batch_size", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
     settings = sampler_settings(args)
-    check_output_folder(args.out, args.overwrite)
-    use_free_cpus()
-    family, run, model = load_model_for_sampling(args.checkpoint)
+    check_output_folder(args.out, args.overwrite, (args.checkpoint, args.masks))
+    family, run = checkpoint_run(args.checkpoint)          # config only: every check below before the weights
     conditions = family.sampling_conditions(run)
     _check_flags(args, conditions, run.family)
+    check_sampler_flags(given_sampler_flags(args), (family, run))
+    names = family.class_names(run) if conditions == "classes" else None
+    requested = class_indices(args.classes, names) if conditions == "classes" and args.classes is not None else None
+    from raytopo.parallel.cpus import use_free_cpus
+    from raytopo.train.loading import load_model_for_sampling
+
+    use_free_cpus()
+    family, run, model = load_model_for_sampling(args.checkpoint)
     if conditions == "counts":
         cond, targets = count_conditions(run, args.counts, args.per_count)
     elif conditions == "classes":
-        names = family.class_names(run) if hasattr(family, "class_names") else None
-        cond = class_conditions(family, run, args.per_count, args.classes, names)
+        cond = class_conditions(family, run, args.per_count, requested)
         targets = [(int(c),) for c in cond["label"].tolist()]
     elif conditions == "masks":
         cond = mask_conditions(family, run, args.per_count, args.masks)
@@ -126,22 +164,30 @@ def _check_flags(args: SampleArgs, conditions: str, family: str) -> None:
         raise InputError(f"--counts: required for a model trained on counts (family {family!r})")
 
 
-def class_conditions(family: Any, run: Any, per_count: int, requested: str | None,
-                     names: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
-    """``per_count`` labels of each requested class (names or indices; default every class)."""
-    if requested is None:
-        return family.default_conditions(run, per_count)
-    known = list(names or range(len(family.default_conditions(run, 1)["label"])))
+def class_indices(requested: str, names: tuple[str, ...] | None) -> list[int]:
+    """``--classes`` (names or indices) as class indices; InputError naming an unknown class or an empty list."""
+    known = list(names or ())
     indices = []
     for item in filter(None, (part.strip() for part in requested.split(","))):
-        if item in map(str, known):
-            indices.append([str(k) for k in known].index(item))
-        elif item.isdigit() and int(item) < len(known):
+        if item in known:
+            indices.append(known.index(item))
+        elif item.isdigit() and (not known or int(item) < len(known)):
             indices.append(int(item))
         else:
-            raise InputError(f"--classes: unknown class {item!r}; known: {', '.join(map(str, known))}")
+            raise InputError(f"--classes: unknown class {item!r}; known: {', '.join(known) or 'indices only'}")
     if not indices:
         raise InputError("--classes: expected at least one class name")
+    return indices
+
+
+def class_conditions(family: Any, run: Any, per_count: int, indices: list[int] | None) -> dict[str, torch.Tensor]:
+    """``per_count`` labels of each requested class index (default every class)."""
+    if indices is None:
+        return family.default_conditions(run, per_count)
+    count = len(family.default_conditions(run, 1)["label"])
+    unknown = [i for i in indices if i >= count]
+    if unknown:
+        raise InputError(f"--classes: unknown class {unknown[0]}; the model knows {count} classes (0..{count - 1})")
     return {"label": torch.tensor(indices).repeat_interleave(per_count)}
 
 
@@ -184,11 +230,14 @@ def write_class_samples(images: torch.Tensor, labels: torch.Tensor, names: tuple
 SAMPLE_NAME = re.compile(r"(\d+_){0,2}\d{5}\.png")
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a non-empty folder without ``--overwrite`` (earlier samples are never replaced
-    silently, and a mix of old and new samples would be evaluated as one set)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: expected a folder, found a file")
+def check_output_folder(out: Path, overwrite: bool, inputs: tuple[Path | str | None, ...] = ()) -> None:
+    """Refuse a file, a folder inside one of the ``inputs`` (the checkpoints sampled from, a folder of masks), a
+    place that cannot be written, or a non-empty folder without ``--overwrite`` (earlier samples are never
+    replaced silently, and a mix of old and new samples would be evaluated as one set)."""
+    from raytopo.outputs import check_output
+    from raytopo.pretrained import resolve
+
+    check_output(out, "--out", folder=True, inputs=[resolve(str(path)) for path in inputs if path is not None])
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError(f"--out {out}: the folder is not empty (earlier samples?); pass --overwrite to replace "
                          "them, or choose a new folder")

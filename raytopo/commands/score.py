@@ -23,6 +23,8 @@ class ScoreArgs:
     batch_size: int = 16
     as_json: bool = False
     out: Path | None = None
+    overwrite: bool = False
+    sampler_flags: frozenset[str] = frozenset()   # the sampler flags given (checked against the family)
 
 
 def run_score(args: ScoreArgs) -> int:
@@ -32,9 +34,18 @@ def run_score(args: ScoreArgs) -> int:
     from raytopo.commands.evaluate import write_json_atomic
     from raytopo.train.loading import load_model_for_sampling
 
+    from raytopo.commands.sample import check_sampler_flags
+    from raytopo.outputs import check_output, json_with_keys
+    from raytopo.pretrained import resolve
+    from raytopo.train.loading import checkpoint_run
+
     for name in ("per_count", "batch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
+    if args.out is not None:
+        check_output(args.out, "--out", inputs=[resolve(args.checkpoint)], overwrite=args.overwrite,
+                     owned=json_with_keys("checkpoint", "family", "sampler", "metrics"))
+    check_sampler_flags(args.sampler_flags, checkpoint_run(args.checkpoint))
     family, run, model = load_model_for_sampling(args.checkpoint)
     with torch.no_grad():
         metrics = family.evaluate_model(model, run, args.sampler, args.per_count, args.batch_size)

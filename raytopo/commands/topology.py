@@ -21,6 +21,7 @@ class TopologyArgs:
     top: int = 5
     as_json: bool = False
     plot: Path | None = None
+    overwrite: bool = False
 
 
 def read_grayscale(path: Path) -> np.ndarray:
@@ -57,6 +58,10 @@ def topology_report(image: np.ndarray, dims: tuple[int, ...], top: int) -> tuple
 
 
 def run_topology(args: TopologyArgs) -> int:
+    if args.plot is not None:
+        from raytopo.outputs import check_output, png_by_raytopo
+
+        check_output(args.plot, "--plot", inputs=[args.image], overwrite=args.overwrite, owned=png_by_raytopo)
     image = read_grayscale(args.image)
     report, diagrams = topology_report(image, args.dims, args.top)
     report["image"] = str(args.image)

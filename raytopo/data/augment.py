@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError
 
 AUGMENTATIONS = ("hflip", "vflip", "rot90", "crop")
@@ -25,10 +26,12 @@ _FLIP_STREAM, _CROP_STREAM = 1, 2
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Checked):
     """``data.augment``: ``hflip`` / ``vflip`` (each with probability 1/2), ``rot90`` (k * 90 degrees, k uniform
     in 0..3), ``crop: [min, max]``: a random square whose side is a uniform fraction of the file's short side
     (never below ``data.image_size``), resized to ``data.image_size`` (file sources only)."""
+
+    config_path = "data.augment"
 
     hflip: bool = False
     vflip: bool = False

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from raytopo.config import AtLeastOne, Bounds, Checked, NonNegativeInt, Positive
 from raytopo.data.augment import AugmentConfig
 from raytopo.data.source_registry import get_source
 from raytopo.errors import ConfigError
@@ -20,7 +20,7 @@ RESUMABLE_FIELDS = ("max_bad_files", "reader_cpus", "trace_rows")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Where training images come from. Generated sources need no files at all:
 
     * ``shapes``: masks with exact component/hole counts (TDN; ``shapes_dim``, ``min_count``, ``max_count``);
@@ -54,27 +54,29 @@ class DataConfig:
     * ``trace_rows``: every rank appends the ids of each step's rows to ``<run>/data_trace/rank-<r>.jsonl``.
     """
 
+    config_path = "data"
+
     source: str = "shapes"
     path: str | None = None
     convention: Literal["count", "two_counts", "count_object", "none"] = "count"
     labels_path: str | None = None
-    image_size: int = 32
+    image_size: Annotated[int, Bounds(ge=8)] = 32
     channels: int = 1
     shapes_dim: Literal["0", "1", "both"] = "0"
     group: Literal["trivial", "Z2", "C4", "D4"] = "D4"
-    num_images: int = 1024
-    min_count: int = 1
-    max_count: int = 5
-    count_limit: int = 100
-    seed: int = 0
+    num_images: AtLeastOne = 1024
+    min_count: NonNegativeInt = 1
+    max_count: NonNegativeInt = 5
+    count_limit: NonNegativeInt = 100
+    seed: NonNegativeInt = 0
     eval_path: str | None = None
-    eval_fraction: float | None = None
-    judge_fraction: float | None = None
-    in_memory_max_bytes: int = IN_MEMORY_MAX_BYTES
-    shuffle_buffer: int = 4096
+    eval_fraction: Annotated[float, Bounds(ge=0, lt=1)] | None = None
+    judge_fraction: Annotated[float, Bounds(ge=0, lt=1)] | None = None
+    in_memory_max_bytes: NonNegativeInt = IN_MEMORY_MAX_BYTES
+    shuffle_buffer: NonNegativeInt = 4096
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    max_bad_files: int = 0
-    reader_cpus: float = 1.0
+    max_bad_files: NonNegativeInt = 0
+    reader_cpus: Positive = 1.0
     trace_rows: bool = False
 
     def __post_init__(self) -> None:
@@ -84,31 +86,18 @@ class DataConfig:
             raise ConfigError(f"data.labels_path: only used with source 'npy', got source {self.source!r}")
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels: expected 1 or 3, got {self.channels}")
-        if self.image_size < 8:
-            raise ConfigError(f"data.image_size: expected >= 8, got {self.image_size}")
-        if not 0 <= self.min_count <= self.max_count:
+        if self.min_count > self.max_count:
             raise ConfigError(
                 f"data.min_count/max_count: expected 0 <= min_count <= max_count, got {self.min_count}, {self.max_count}"
             )
         if self.max_count > self.count_limit:
             raise ConfigError(f"data.max_count: expected <= data.count_limit ({self.count_limit}), got {self.max_count}")
-        if self.num_images < 1:
-            raise ConfigError(f"data.num_images: expected >= 1, got {self.num_images}")
-        for name in ("eval_fraction", "judge_fraction"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and 0 <= value < 1):
-                raise ConfigError(f"data.{name}: expected a fraction in [0, 1), got {value}")
         if self.eval_path and self.eval_fraction:
             raise ConfigError("data.eval_fraction: expected 0 or null with data.eval_path (the evaluation rows "
                               f"are all of {self.eval_path}), got {self.eval_fraction}")
         if self.eval_path and get_source(self.source).generated:
             raise ConfigError(f"data.eval_path: only for file sources; source {self.source!r} draws its own "
                               "held-out images")
-        for name in ("in_memory_max_bytes", "shuffle_buffer", "max_bad_files"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"data.{name}: expected >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.reader_cpus) and self.reader_cpus > 0):
-            raise ConfigError(f"data.reader_cpus: expected a number of CPUs > 0, got {self.reader_cpus}")
         if self.augment.crop is not None and get_source(self.source).generated:
             raise ConfigError(f"data.augment.crop: only for file sources; source {self.source!r} makes its "
                               "images at data.image_size, so there is nothing to crop")

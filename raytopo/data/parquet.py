@@ -48,6 +48,7 @@ from raytopo.data.files import open_store
 from raytopo.data.folder import decode_image, open_image, read_image_bytes, scan_folder
 from raytopo.data.labels import LabelConvention, as_convention
 from raytopo.errors import ConfigError, InputError
+from raytopo.outputs import check_output
 from raytopo.progress import progress
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ def pack_folder(
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(out_dir)
+    check_output(out, "--out", folder=True, inputs=[root])    # a pack inside its folder would be packed next time
     _check_replaceable(out, overwrite)
     rows, metadata = _layout_rows(Path(root), layout, convention, recursive, object_index)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +296,9 @@ def _layout_rows(root: Path, layout: str, convention: LabelConvention | str, rec
         rows = [{"image": path, "label": label} for path, label in zip(classes.files, classes.labels)]
         convention, objects, class_names = LabelConvention.NONE, {}, classes.class_names
     else:
-        rows = [{"image": image, "mask": mask} for image, mask in pair_images_and_masks(root)]
+        pairs = pair_images_and_masks(root)
+        _check_pair_sizes(pairs)
+        rows = [{"image": image, "mask": mask} for image, mask in pairs]
         convention, objects = LabelConvention.NONE, {}
     metadata = {
         _META_CONVENTION: as_convention(convention).value.encode(),
@@ -303,6 +307,22 @@ def _layout_rows(root: Path, layout: str, convention: LabelConvention | str, rec
         _META_VERSION: FORMAT_VERSION.encode(),
     }
     return rows, metadata
+
+
+def _check_pair_sizes(pairs: list[tuple[Path, Path]]) -> None:
+    """Every mask has its image's size (read from the file headers), so a pack never holds a pair training
+    would refuse."""
+    from PIL import Image
+
+    for image, mask in pairs:
+        try:
+            with Image.open(image) as first, Image.open(mask) as second:
+                size, mask_size = first.size, second.size
+        except (OSError, ValueError) as error:
+            raise InputError(f"{image}: expected a readable image and mask pair ({error})") from None
+        if size != mask_size:
+            raise InputError(f"{mask}: the mask is {mask_size[0]}x{mask_size[1]} but its image {image.name} is "
+                             f"{size[0]}x{size[1]}; expected the same size")
 
 
 def _write_shards(rows: list[dict[str, Any]], metadata: dict[bytes, bytes], root: Path, staging: Path,

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 from raytopo.progress import progress
 
@@ -57,7 +58,7 @@ _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass(frozen=True)
-class ShapesConfig:
+class ShapesConfig(Checked):
     """How to generate a Shapes dataset.
 
     Attributes:

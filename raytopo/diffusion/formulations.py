@@ -47,6 +47,7 @@ from typing import Any, Callable, Literal, Mapping
 import torch
 from torch import Tensor
 
+from raytopo.config import Checked
 from raytopo.diffusion.noise_levels import karras_ramp_sigmas, lognormal_sigmas, uniform_times
 from raytopo.diffusion.samplers import karras_sigmas
 from raytopo.errors import ConfigError, InputError
@@ -94,7 +95,7 @@ COSINE_SIGMA_MAX = float(cosine_sigma(torch.tensor(COSINE_T_MAX)))
 
 
 @dataclass(frozen=True)
-class FormulationConfig:
+class FormulationConfig(Checked):
     """The ``model.formulation`` section: which formulation, its constants, and the training noise levels.
 
     ``noise_levels``: ``lognormal`` (EDM, ln sigma ~ N(p_mean, p_std^2)) or ``uniform`` in the formulation's

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from raytopo.config import Checked
 from raytopo.diffusion.schedules import SCHEDULES, named_betas, space_timesteps
 from raytopo.errors import ConfigError, InputError
 
@@ -52,7 +53,7 @@ def check_choice(field: str, value: object, allowed: Sequence[str]) -> None:
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(Checked):
     """How to build a Gaussian diffusion. Validated on construction (ConfigError names the field).
 
     Defaults follow the first listed value of each field; model families set their own (TDN/ADM use

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 from raytopo.eval.topology_metrics import count_mask
 
@@ -48,7 +49,7 @@ PREDICT_BATCH = 256
 
 
 @dataclass(frozen=True)
-class JudgeSettings:
+class JudgeSettings(Checked):
     """How a judge is trained: ``steps`` Adam steps of ``batch_size`` images at learning rate ``lr``.
 
     ``seed`` fixes the held-out split, the initialisation, the batches and the noise; ``held_out`` is the

@@ -52,6 +52,6 @@ def save_diagram_plot(diagrams: Sequence[Diagram], path: str | Path, title: str 
     figure = diagram_figure(diagrams, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, metadata={"Software": "raytopo topology"})   # what --overwrite may replace
     plt.close(figure)
     return path

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 from raytopo.experiments.check import TopologyCheck, check_topology, cloud_topology, default_scale
 from raytopo.experiments.clouds import gaussian_clusters, load_cloud, noisy_segment, random_circle
@@ -59,7 +60,7 @@ CloudMaker = Callable[[np.random.Generator], np.ndarray]
 
 
 @dataclass(frozen=True)
-class PointCloudPreset:
+class PointCloudPreset(Checked):
     """A named experiment: how to make its initial and target clouds from a seed, and its default settings."""
 
     name: str
@@ -118,7 +119,7 @@ PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 
 @dataclass(frozen=True)
-class PointCloudExperiment:
+class PointCloudExperiment(Checked):
     """One deformation run. ``preset`` names a preset (its clouds come from ``seed``) or is ``"custom"``;
     ``points_file`` / ``target_file`` replace the preset's initial / target cloud (both required for custom).
 

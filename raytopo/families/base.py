@@ -137,6 +137,9 @@ class FamilyDefaults:
     """The hooks most families share: one stage, a model whose shape the run config fixes, one parameter group,
     an evaluation on held-out images, and labels every augmentation keeps."""
 
+    sampler_fields: frozenset[str] = frozenset({"sampler", "steps", "eta", "schedule", "rho"})
+    """The `SamplerSettings` its ``sample`` reads besides the seed (a command refuses a flag for any other)."""
+
     held_out_splits: tuple[str, ...] = ("eval",)
     """The splits of a file data set the family reads besides training (`raytopo.data.splits`): ``eval`` when
     its evaluation compares with real images, ``judge`` when it trains raytopo's judges. A run that leaves
@@ -196,6 +199,7 @@ class Family(Protocol):
     name: str
 
     held_out_splits: tuple[str, ...]
+    sampler_fields: frozenset[str]
 
     def parse(self, run: Any) -> Any: ...
 

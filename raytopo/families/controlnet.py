@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.errors import ConfigError, InputError
 from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext
 from raytopo.families.latent import (ParsedLatent, diffusion_mse, latent_diffusion, random_hflip,
@@ -42,7 +42,7 @@ from raytopo.models.latent.model import ControlledLatentDiffusion, LatentDiffusi
 
 
 @dataclass(frozen=True)
-class ControlNetModelConfig:
+class ControlNetModelConfig(Checked):
     ldm: str | None = None
     conditioning_channels: tuple[int, ...] | None = None
     conditioning_scale: float = 1.0
@@ -110,6 +110,8 @@ def _check_classes(run: Any, ldm: ParsedLatent) -> None:
 
 class ControlNetFamily(FamilyDefaults):
     """``controlnet``: a ControlNet trained on masks over a frozen ``ldm``."""
+
+    sampler_fields = frozenset({"sampler", "steps", "eta", "schedule", "rho", "guidance", "conditioning_scale"})
 
     held_out_splits = ("eval", "judge")   # scored on held-out images by judges trained on their own split
 

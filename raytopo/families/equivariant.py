@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.diffusion.formulations import (
     BoundDenoiser,
     Formulation,
@@ -76,7 +76,7 @@ NOISE_LEVELS_FOR_EVAL = (0.2, 1.0, 5.0)
 
 
 @dataclass(frozen=True)
-class RegulariserSettings:
+class RegulariserSettings(Checked):
     """The equivariance regulariser (reference ``--eqv_reg``): term weight (0 = off) and the target's EMA rate."""
 
     weight: float = 0.0
@@ -90,7 +90,7 @@ class RegulariserSettings:
 
 
 @dataclass(frozen=True)
-class EquivariantModelConfig:
+class EquivariantModelConfig(Checked):
     """The ``model:`` section (see the module docstring)."""
 
     unet: dict[str, Any] = field(default_factory=dict)

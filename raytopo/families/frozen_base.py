@@ -48,12 +48,10 @@ def base_run(path: str, family: str, field: str) -> BaseRunView:
 
 def base_structure(path: str) -> dict[str, Any]:
     """The base checkpoint's ``structure`` (its ``state.json``), without loading weights."""
-    import json
-
+    from raytopo.checkpoint import read_state
     from raytopo.pretrained import resolve
 
-    state = json.loads((resolve(path) / "state.json").read_text())
-    return dict(state.get("structure", {}))
+    return dict(read_state(resolve(path)).get("structure", {}))
 
 
 def load_base(path: str, family: str, field: str) -> torch.nn.Module:

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from raytopo.diffusion.guidance import drop_labels
 from raytopo.errors import ConfigError
@@ -50,7 +50,7 @@ DDIM_OFFSET = 1   # diffusers' steps_offset=1: DDIM-50 visits 981, 961, ..., 1 a
 
 
 @dataclass(frozen=True)
-class LatentModelConfig:
+class LatentModelConfig(Checked):
     autoencoder: dict[str, Any] = field(default_factory=dict)
     vae_path: str | None = None
     unet: dict[str, Any] = field(default_factory=dict)
@@ -201,6 +201,8 @@ def latent_scale_of(ldm: LatentDiffusion, batches: Any, images: int = 512) -> fl
 
 class LatentDiffusionFamily(FamilyDefaults):
     """``ldm``: autoencoder stage, then class-conditional latent diffusion with classifier-free guidance."""
+
+    sampler_fields = frozenset({"sampler", "steps", "eta", "schedule", "rho", "guidance"})
 
     held_out_splits = ("eval", "judge")   # scored on held-out images by judges trained on their own split
 

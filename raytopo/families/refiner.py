@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig
 from raytopo.errors import ConfigError, InputError
 from raytopo.families.base import FamilyDefaults, ParamGroup, Stage, StepContext, eval_mode
@@ -43,7 +43,7 @@ from raytopo.families.treevae import from_unit, generate, reconstruct, to_unit
 
 
 @dataclass(frozen=True)
-class RefinerUNet:
+class RefinerUNet(Checked):
     block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 2
     norm_num_groups: int = 16
@@ -51,7 +51,7 @@ class RefinerUNet:
 
 
 @dataclass(frozen=True)
-class RefinerModelConfig:
+class RefinerModelConfig(Checked):
     treevae: str | None = None
     unet: RefinerUNet = field(default_factory=RefinerUNet)
     diffusion: dict[str, Any] = field(default_factory=dict)

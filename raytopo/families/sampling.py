@@ -17,13 +17,14 @@ from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import torch
 
+from raytopo.config import Checked
 from raytopo.diffusion.samplers import SCHEDULES, USES_ETA, check_sampler_name, karras_sigmas, sample
 from raytopo.errors import ConfigError
 from raytopo.families.base import eval_mode
 
 
 @dataclass(frozen=True)
-class SamplerSettings:
+class SamplerSettings(Checked):
     """How to sample: a registered sampler ``name`` over ``steps`` steps of ``schedule``.
 
     * ``name``: one of ``raytopo.diffusion.samplers.SAMPLERS`` (ddim, ddpm, euler, heun, dpm2, euler_ancestral,

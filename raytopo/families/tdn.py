@@ -26,7 +26,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from raytopo.diffusion.respace import build_diffusion
 from raytopo.errors import ConfigError
@@ -36,7 +36,7 @@ from raytopo.topology.losses import TDNLossConfig, critical_targets, gather_loss
 
 
 @dataclass(frozen=True)
-class TopoSettings:
+class TopoSettings(Checked):
     """L_topo switches (reference flags: --weight_topo, --topo_dim, --topo_birth/death/noisy).
 
     Beyond the reference: ``warmup_steps`` ramps the weight linearly from 0 over the first steps of the run (at the
@@ -77,7 +77,7 @@ class TopoSettings:
 
 
 @dataclass(frozen=True)
-class TDNModelConfig:
+class TDNModelConfig(Checked):
     unet: dict[str, Any] = field(default_factory=dict)
     diffusion: dict[str, Any] = field(default_factory=dict)
     topo: TopoSettings = field(default_factory=TopoSettings)

@@ -55,7 +55,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.errors import ConfigError, InputError
 from raytopo.families.base import FamilyDefaults, ParamGroup, Pending, Stage, StepContext
 from raytopo.models.topovae.vae import VAEConfig, VAEPair, kl_divergence, reconstruction_loss
@@ -71,7 +71,7 @@ PREVIEW_PRIOR = 16
 
 
 @dataclass(frozen=True)
-class TopoVAEModelConfig:
+class TopoVAEModelConfig(Checked):
     """The ``model:`` section as written; ``topo`` is parsed into `ParsedTopoVAE` (TopoRegulariserConfig + space)."""
 
     vae: dict[str, Any] = field(default_factory=dict)     # VAEConfig fields (size/channels from data) + recon
@@ -129,6 +129,8 @@ def weights_tuple(weights: Any) -> Any:
 
 class TopoVAEFamily(FamilyDefaults):
     """The ``topovae`` family (see the module docstring for the loss, clouds and diagrams)."""
+
+    sampler_fields: frozenset[str] = frozenset()   # a VAE decodes a prior draw: only the seed counts
 
     name = "topovae"
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raytopo.config import from_dict
+from raytopo.config import Checked, from_dict
 from raytopo.errors import ConfigError
 from raytopo.families.base import (FamilyDefaults, ParamGroup, Stage, StepContext, eval_mode, stage_bounds,
                                    stage_index_at)
@@ -53,7 +53,7 @@ from raytopo.models.treevae.views import paired_views
 
 
 @dataclass(frozen=True)
-class TreeSchedule:
+class TreeSchedule(Checked):
     root: int = 600
     grow: int = 300
     grows: int = 4
@@ -65,7 +65,7 @@ class TreeSchedule:
 
 
 @dataclass(frozen=True)
-class TreeModelConfig:
+class TreeModelConfig(Checked):
     tree: dict[str, Any] = field(default_factory=dict)
     schedule: TreeSchedule = field(default_factory=TreeSchedule)
     kl_start: float = 0.0
@@ -92,6 +92,8 @@ class ParsedTree:
 
 class TreeVAEFamily(FamilyDefaults):
     """``treevae``: grow-and-prune TreeVAE training as stages (module docstring)."""
+
+    sampler_fields: frozenset[str] = frozenset()   # a VAE decodes a prior draw: only the seed counts
 
     held_out_splits = ("eval", "judge")   # scored on held-out images by judges trained on their own split
 

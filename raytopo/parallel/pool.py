@@ -64,6 +64,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayActorError, RaySystemError, RayTaskError
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError, RaytopoError
 from raytopo.topology.cubical import cubical_persistence
 
@@ -74,7 +75,7 @@ _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 @dataclass(frozen=True)
-class PoolConfig:
+class PoolConfig(Checked):
     """How many persistence actors to run and where.
 
     Attributes:

@@ -44,6 +44,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 from raytopo.topology.betti import count_components, count_holes
 from raytopo.topology.cubical import cubical_persistence
@@ -54,7 +55,7 @@ Selection = Literal["match", "count"]
 
 
 @dataclass(frozen=True)
-class TDNLossConfig:
+class TDNLossConfig(Checked):
     """Switches of L_topo, named after the reference flags (``--topo_dim/birth/death/noisy``)."""
 
     dims: tuple[int, ...] = (0,)

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 from raytopo.topology.diagrams import Diagram
 from raytopo.topology.distances import bottleneck_matching
@@ -302,7 +303,7 @@ def loss_push0(points: torch.Tensor, diagrams: Diagrams | None = None, backend: 
 
 
 @dataclass(frozen=True)
-class TopoRegulariserConfig:
+class TopoRegulariserConfig(Checked):
     """Weights and parameters of ``TopologicalRegulariser``; defaults are Topo-GEN's ``TopologicalLoss``.
 
     ``weights`` order: bottleneck0, bottleneck1, persentropy0, persentropy1, dsigma0, dsigma1, density; a

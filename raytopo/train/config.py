@@ -15,15 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
-from raytopo.config import apply_overrides, from_dict, load_yaml, to_dict
+from raytopo.config import (AtLeastOne, Bounds, Checked, Fraction, NonNegative, NonNegativeInt, Positive,
+                            apply_overrides, from_dict, load_yaml, to_dict)
 from raytopo.data.config import DataConfig
 from raytopo.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """Optimisation and bookkeeping. ``batch_size`` is per worker.
 
     ``warmup_steps``: the learning rate rises linearly from lr / warmup_steps to lr over the first steps.
@@ -40,48 +41,33 @@ class TrainConfig:
     initial weights after 10k steps without it).
     """
 
-    steps: int = 2000
-    batch_size: int = 16
-    microbatches: int = 1
-    lr: float = 2e-5
-    warmup_steps: int = 0
+    config_path = "train"
+
+    steps: AtLeastOne = 2000
+    batch_size: AtLeastOne = 16
+    microbatches: AtLeastOne = 1
+    lr: Positive = 2e-5
+    warmup_steps: NonNegativeInt = 0
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    final_lr_ratio: float = 0.0
+    final_lr_ratio: Fraction = 0.0
     precision: Literal["fp32", "bf16"] = "fp32"
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    ema_rate: float = 0.9999
+    weight_decay: NonNegative = 0.0
+    grad_clip: Positive | None = 1.0
+    ema_rate: Annotated[float, Bounds(ge=0, lt=1)] = 0.9999
     ema_warmup: bool = False
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 500
-    sample_every: int = 0
-    sample_steps: int = 25
-    eval_every: int = 0
-    eval_per_count: int = 8
+    seed: NonNegativeInt = 0
+    log_every: AtLeastOne = 10
+    checkpoint_every: AtLeastOne = 500
+    sample_every: NonNegativeInt = 0          # 0 = never
+    sample_steps: AtLeastOne = 25
+    eval_every: NonNegativeInt = 0            # 0 = never
+    eval_per_count: AtLeastOne = 8
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "microbatches", "log_every", "checkpoint_every", "sample_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
         if self.batch_size % self.microbatches:
             raise ConfigError(
                 f"train.microbatches: expected a divisor of batch_size ({self.batch_size}), got {self.microbatches}"
             )
-        if self.warmup_steps < 0:
-            raise ConfigError(f"train.warmup_steps: expected >= 0, got {self.warmup_steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr: expected > 0, got {self.lr}")
-        if not 0 <= self.final_lr_ratio <= 1:
-            raise ConfigError(f"train.final_lr_ratio: expected in [0, 1], got {self.final_lr_ratio}")
-        if not 0 <= self.ema_rate < 1:
-            raise ConfigError(f"train.ema_rate: expected in [0, 1), got {self.ema_rate}")
-        for name in ("sample_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}: expected >= 0 (0 = never), got {getattr(self, name)}")
-        if self.eval_per_count < 1:
-            raise ConfigError(f"train.eval_per_count: expected >= 1, got {self.eval_per_count}")
-
 
     def lr_at(self, step: int) -> float:
         """The learning rate of 0-based ``step``: linear warm-up, then constant or cosine (see the docstring)."""
@@ -100,34 +86,31 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class RayConfig:
+class RayConfig(Checked):
     """How the run is spread over a Ray cluster; nothing here hard-codes node counts."""
 
-    num_workers: int = 1
+    config_path = "ray"
+
+    num_workers: NonNegativeInt = 1           # 0 = run the loop in-process
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    persistence_actors: int = 2
-    cpus_per_actor: float = 1.0
-    actor_resources: dict[str, float] = field(default_factory=dict)
-    worker_resources: dict[str, float] = field(default_factory=dict)
+    cpus_per_worker: Positive = 1.0
+    persistence_actors: NonNegativeInt = 2
+    cpus_per_actor: Positive = 1.0
+    actor_resources: dict[str, NonNegative] = field(default_factory=dict)
+    worker_resources: dict[str, NonNegative] = field(default_factory=dict)
     storage_path: str = "runs"             # a directory, or a URI pyarrow understands (s3://, gs://, file://)
     name: str = "run"
-    max_failures: int = 0
-    num_to_keep: int = 2
+    max_failures: Annotated[int, Bounds(ge=-1)] = 0      # -1: retry forever (Ray's convention)
+    num_to_keep: AtLeastOne = 2
 
     def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise ConfigError(f"ray.num_workers: expected >= 0 (0 = run the loop in-process), got {self.num_workers}")
-        if self.persistence_actors < 0:
-            raise ConfigError(f"ray.persistence_actors: expected >= 0, got {self.persistence_actors}")
-        if not self.cpus_per_worker > 0 or not self.cpus_per_actor > 0:
-            raise ConfigError("ray.cpus_per_worker/cpus_per_actor: expected > 0")
-        if self.num_to_keep < 1:
-            raise ConfigError(f"ray.num_to_keep: expected >= 1, got {self.num_to_keep}")
+        from raytopo.outputs import safe_name
+
+        safe_name(self.name, "ray.name")     # the run's folder under storage_path: "../x" would escape it
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Checked):
     family: str = "tdn"
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)

@@ -51,6 +51,9 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
     """Train ``run`` on Ray; with ``resume`` continue from the newest checkpoint under the run directory."""
     run = with_absolute_storage(run)
     from raytopo.data.sources import check_data_source
+    from raytopo.outputs import check_output
+
+    check_output(run.ray.storage_path, "ray.storage_path", folder=True, inputs=[run.data.path, run.data.eval_path])
     from raytopo.train.data import check_batch_fits
     from raytopo.train.loop import check_init_from
 
@@ -58,6 +61,8 @@ def run_training(run: RunConfig, address: str | None = None, resume: bool = Fals
     check_batch_fits(run.data, images, run.train.batch_size, run.ray.num_workers)
     check_init_from(run)
     resume_from = checkpoint_to_resume(run, resume)
+    if will_start_local_cluster(address):
+        check_capacity(run, strict=True, available=local_resources())    # refused before Ray starts
     started_here = ensure_ray(address)
     check_capacity(run, strict=started_here)
     result = fit(build_trainer(run, resume_from))
@@ -127,9 +132,9 @@ def checkpoint_to_resume(run: RunConfig, resume: bool) -> Path | None:
     if checkpoint is None:
         raise ConfigError(f"--resume: no checkpoint of run {run.ray.name!r} under {run.location}")
     from raytopo.checkpoint import load_checkpoint_config
-    from raytopo.train.config import parse_run_config
+    from raytopo.train.loading import checkpoint_config
 
-    saved = parse_run_config(load_checkpoint_config(checkpoint)).to_plain()  # defaults of newer fields filled in
+    saved = checkpoint_config(checkpoint, load_checkpoint_config(checkpoint)).to_plain()  # newer fields: defaults
     from raytopo.data.config import RESUMABLE_FIELDS
 
     differing = [path for path in config_differences(saved, run.to_plain(), sections=("family", "model", "data"))
@@ -159,6 +164,13 @@ def _checkpoint_address(checkpoint: Any) -> Path | str | None:
         return None
     kind = checkpoint.filesystem.type_name
     return Path(checkpoint.path) if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+def will_start_local_cluster(address: str | None = None) -> bool:
+    """Whether `ensure_ray` would start a new local cluster (no address, no ``RAY_ADDRESS``, Ray not up)."""
+    import ray
+
+    return not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS"))
 
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> bool:
@@ -193,21 +205,58 @@ def requested_cpus(run: RunConfig) -> float:
     return worker_cpus + actor_cpus + reader_cpus
 
 
-def check_capacity(run: RunConfig, strict: bool) -> None:
-    """Fail (or warn, on a cluster that may autoscale) when the run cannot fit: pending actors wait forever."""
+def requested_resources(run: RunConfig) -> dict[str, float]:
+    """Everything the run asks the cluster for: CPUs (`requested_cpus`), a GPU per worker with ``ray.use_gpu``,
+    and the custom resources of ``ray.worker_resources`` (per worker) and ``ray.actor_resources`` (per
+    persistence actor)."""
+    from raytopo.registry import get_family
+
+    workers = max(run.ray.num_workers, 1)
+    actors = workers * run.ray.persistence_actors if get_family(run.family).needs_pool(run) else 0
+    needed = {"CPU": requested_cpus(run), "GPU": float(workers) if run.ray.use_gpu else 0.0}
+    for name, amount in run.ray.worker_resources.items():
+        needed[name] = needed.get(name, 0.0) + amount * run.ray.num_workers
+    for name, amount in run.ray.actor_resources.items():
+        needed[name] = needed.get(name, 0.0) + amount * actors
+    return {name: amount for name, amount in needed.items() if amount > 0}
+
+
+def local_resources() -> dict[str, float]:
+    """What a local cluster started here would have: every CPU of the machine and its CUDA GPUs, no custom
+    resources (known without starting Ray)."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_capacity(run: RunConfig, strict: bool, available: dict[str, float] | None = None) -> None:
+    """Fail (or warn, on a cluster that may autoscale) when no node can give the run what it asks for: Ray
+    would wait forever for pending workers and actors. ``available``: the cluster's resources (default: ask
+    Ray)."""
     import warnings
 
-    import ray
+    if available is None:
+        import ray
 
-    needed = requested_cpus(run)
-    available = float(ray.cluster_resources().get("CPU", 0.0))
-    if needed <= available + 1e-9:
-        return
-    message = (
-        f"ray: the run needs {needed:g} CPUs (num_workers x cpus_per_worker + each worker's persistence_actors x "
-        f"cpus_per_actor + data.reader_cpus for a streamed data set) but the cluster has {available:g}; lower "
-        "ray.cpus_per_worker/cpus_per_actor, data.reader_cpus or the counts"
-    )
-    if strict:
-        raise ConfigError(message)
-    warnings.warn(message + " (waiting for the autoscaler, if any)", stacklevel=2)
+        available = {name: float(value) for name, value in ray.cluster_resources().items()}
+    for name, needed in requested_resources(run).items():
+        have = available.get(name, 0.0)
+        if needed <= have + 1e-9:
+            continue
+        message = _shortfall(name, needed, have)
+        if strict:
+            raise ConfigError(message)
+        warnings.warn(message + f"; Ray waits, without a time limit, until nodes with {name} join (an "
+                      "autoscaler may add them)", stacklevel=2)
+
+
+def _shortfall(name: str, needed: float, have: float) -> str:
+    if name == "CPU":
+        return (f"ray: the run needs {needed:g} CPUs (num_workers x cpus_per_worker + each worker's "
+                f"persistence_actors x cpus_per_actor + data.reader_cpus for a streamed data set) but the cluster "
+                f"has {have:g}; lower ray.cpus_per_worker/cpus_per_actor, data.reader_cpus or the counts")
+    if name == "GPU":
+        return (f"ray.use_gpu: the run needs {needed:g} GPUs (one per worker) but the cluster has {have:g}; set "
+                "ray.use_gpu: false or run on a cluster with GPUs")
+    return (f"ray.worker_resources/actor_resources: the run needs {needed:g} of the custom resource {name!r} but "
+            f"the cluster has {have:g}; declare it on the nodes (ray start --resources) or remove it")

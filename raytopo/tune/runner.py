@@ -67,7 +67,10 @@ def fit_sweep(space: TuneSpace, address: str | None = None, resume: bool = False
     from raytopo.data.sources import check_data_source
     from raytopo.train.trainer import ensure_ray
 
+    from raytopo.outputs import check_output
+
     folder = experiment_dir(space)
+    check_output(folder, "storage_path (--storage)", folder=True)
     if not resume and folder.exists():
         raise ConfigError(f"{folder}: a sweep named {space.name!r} is already there; pass --resume to continue "
                           f"it, or choose another --storage or name")

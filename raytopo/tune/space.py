@@ -37,9 +37,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from raytopo.config import from_dict, load_yaml, to_dict
+from raytopo.config import Checked, from_dict, load_yaml, to_dict
 from raytopo.errors import ConfigError
 from raytopo.families.sampling import SamplerSettings
+from raytopo.outputs import safe_name
 from raytopo.train.config import RunConfig, absolute_data_paths, parse_run_config
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -78,7 +79,7 @@ class Distribution:
 
 
 @dataclass(frozen=True)
-class SchedulerSpec:
+class SchedulerSpec(Checked):
     """``asha`` prunes on a *training* metric (evaluation keys only exist at a trial's end); ``fifo`` never prunes.
 
     ``metric``/``mode`` default to the sweep's metric when it is a training metric, else ``loss``/``min``.
@@ -103,7 +104,7 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(Checked):
     """End-of-trial evaluation: ``per_count`` samples for each target count min..max of the data."""
 
     per_count: int = 4
@@ -116,7 +117,7 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
-class ResourceSpec:
+class ResourceSpec(Checked):
     """Per-trial resources, written into the run config's ``ray`` section (None keeps the base's value).
 
     ``driver_cpus`` is what the Tune trial itself reserves (Tune cannot schedule an empty request, so > 0); the
@@ -236,7 +237,7 @@ def parse_space(data: Mapping[str, Any], root: Path = Path(".")) -> TuneSpace:
     if not params:
         raise ConfigError("params: expected at least one searched parameter")
     space = TuneSpace(
-        name=_text(data.get("name", "sweep"), "name"),
+        name=safe_name(_text(data.get("name", "sweep"), "name"), "name"),
         base=base,
         params=params,
         metric=_text(data["metric"], "metric"),

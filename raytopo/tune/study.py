@@ -111,7 +111,18 @@ def parse_study(data: Mapping[str, Any], root: Path = Path(".")) -> Study:
                           "(fifo, random, 1); leave them out")
     study = Study(space, tuple(seeds), tuple(metrics), tuple(curves), tuple(at_steps), grids_at)
     _check_names(study)
+    _check_steps(study)
     return study
+
+
+def _check_steps(study: Study) -> None:
+    """``at_steps`` and ``grids_at`` within every variant's ``train.steps`` (a later step never comes)."""
+    for variant in study.variants:
+        steps = study.space.run_config({VARIANT_KEY: variant}).train.steps
+        for key, wanted in (("at_steps", max(study.at_steps, default=0)), ("grids_at", study.grids_at or 0)):
+            if wanted > steps:
+                raise ConfigError(f"{key}: step {wanted} comes after the last step of variant {variant!r} "
+                                  f"(train.steps {steps}); expected steps <= {steps}")
 
 
 def _names(value: Any, key: str, required: bool) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 from raytopo.models.adm.layers import (
     AttentionBlock,
@@ -60,7 +61,7 @@ DEFAULT_CHANNEL_MULT: dict[int, tuple[int, ...]] = {
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(Checked):
     """Hyper-parameters of the ADM UNet; validated on construction (``ConfigError`` names the field).
 
     ``attention_resolutions`` are feature-map sizes (e.g. ``(16, 8)``) at which attention is used, converted to

@@ -20,11 +20,12 @@ from typing import Any, Mapping
 
 import torch
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
-class AutoencoderSettings:
+class AutoencoderSettings(Checked):
     """A small ``AutoencoderKL``: ``len(block_out_channels) - 1`` downsamplings of 2 (image -> latent).
 
     ``beta`` weighs the KL term of stage 1 (reconstruction MSE summed over pixels + beta * KL); ``steps`` is the
@@ -56,7 +57,7 @@ class AutoencoderSettings:
 
 
 @dataclass(frozen=True)
-class UNetSettings:
+class UNetSettings(Checked):
     """A class-conditional ``UNet2DConditionModel`` without cross-attention (``num_class_embeds`` = classes + 1)."""
 
     block_out_channels: tuple[int, ...] = (64, 128)

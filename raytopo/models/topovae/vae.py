@@ -22,13 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError, InputError
 
 Reconstruction = Literal["bce", "mse"]
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(Checked):
     """Shape of the VAE; defaults are the reference's (FashionMNIST, 28 px, 10 latent dimensions)."""
 
     image_size: int = 28

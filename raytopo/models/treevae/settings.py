@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from raytopo.config import Checked
 from raytopo.errors import ConfigError
 from raytopo.models.treevae.layers import encoder_side
 from raytopo.models.treevae.losses import Reconstruction
 
 
 @dataclass(frozen=True)
-class TreeVAESettings:
+class TreeVAESettings(Checked):
     """Shape of a TreeVAE; defaults are the reference's MNIST ``cnn1`` configuration (latent 8, MLP width 128,
     ``max_depth = len(mlp_layers) - 1 = 5``, sigmoid output with binary cross-entropy)."""
 

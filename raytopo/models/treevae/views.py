@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from raytopo.config import Checked
 
 
 @dataclass(frozen=True)
-class ViewSettings:
+class ViewSettings(Checked):
     """Strength of the augmentations: a crop keeps ``crop_scale`` of the area (uniform in the range), images flip
     with probability ``flip``, and brightness / contrast move by up to ``jitter``."""
 
