@@ -65,7 +65,7 @@ def run_sweep(space: TuneSpace, address: str | None = None, resume: bool = False
 def fit_sweep(space: TuneSpace, address: str | None = None, resume: bool = False):
     """The driver's checks, then ``Tuner.fit()``: (Tune's ``ResultGrid``, the sweep folder)."""
     from raytopo.data.sources import check_data_source
-    from raytopo.train.trainer import ensure_ray
+    from raytopo.train.trainer import ensure_ray, local_resources, will_start_local_cluster
 
     from raytopo.outputs import check_output
 
@@ -76,6 +76,8 @@ def fit_sweep(space: TuneSpace, address: str | None = None, resume: bool = False
                           f"it, or choose another --storage or name")
     for data in trial_data_configs(space):  # bad data fails here, before Ray, not as failed trials
         check_data_source(data)
+    if will_start_local_cluster(address):
+        check_trial_fits(space, strict=True, available=local_resources())   # refused before Ray starts
     started_here = ensure_ray(address)
     check_trial_fits(space, strict=started_here)
     tuner = restore_tuner(space, folder) if resume else build_tuner(space)
@@ -188,20 +190,25 @@ def default_concurrency(space: TuneSpace) -> int:
     return max(1, math.floor(available / max(trial_cpus(space), 1e-9) + 1e-9))
 
 
-def check_trial_fits(space: TuneSpace, strict: bool) -> None:
-    """One trial must fit the cluster, or its training workers wait forever (a warning if it may autoscale)."""
+def check_trial_fits(space: TuneSpace, strict: bool, available: dict[str, float] | None = None) -> None:
+    """One trial must fit the cluster, or its training workers wait forever (a warning if it may autoscale):
+    its CPUs with the driver's reservation, and the GPUs and custom resources its run asks for."""
     import warnings
 
     import ray
 
-    needed, available = trial_cpus(space), float(ray.cluster_resources().get("CPU", 0.0))
-    if needed <= available + 1e-9:
-        return
-    message = (f"resources: one trial needs {needed:g} CPUs (workers x cpus_per_worker + persistence actors x "
-               f"cpus_per_actor + driver_cpus) but the cluster has {available:g}")
-    if strict:
-        raise ConfigError(message)
-    warnings.warn(message + " (waiting for the autoscaler, if any)", stacklevel=2)
+    from raytopo.train.trainer import check_capacity
+
+    if available is None:
+        available = {name: float(value) for name, value in ray.cluster_resources().items()}
+    needed, have = trial_cpus(space), available.get("CPU", 0.0)
+    if needed > have + 1e-9:
+        message = (f"resources: one trial needs {needed:g} CPUs (workers x cpus_per_worker + persistence actors x "
+                   f"cpus_per_actor + driver_cpus) but the cluster has {have:g}")
+        if strict:
+            raise ConfigError(message)
+        warnings.warn(message + " (waiting for the autoscaler, if any)", stacklevel=2)
+    check_capacity(base_run(space), strict, {**available, "CPU": float("inf")})   # GPUs, custom resources
 
 
 @contextlib.contextmanager
