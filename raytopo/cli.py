@@ -172,7 +172,7 @@ def _add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
                         help="%(choices)s (default ddim); ddpm samples with the posterior variance, ddpm_learned "
                              "with the model's learned variance (iDDPM)")
     parser.add_argument("--steps", type=_at_least(1), default=None, help="sampling steps (default 50)")
-    parser.add_argument("--eta", type=_finite_in(0, 1), default=None,
+    parser.add_argument("--eta", type=_finite_in(None, None), default=None,
                         help="noise in [0, 1] for ddim (default 0: deterministic) and euler_ancestral (default 1)")
     parser.add_argument("--schedule", choices=_LazyChoices("SCHEDULES"), default=None, metavar="NAME",
                         help="sigmas: default (the model's own evenly strided steps) or karras (eq. 5 of Karras"
@@ -201,6 +201,7 @@ def _finite_in(low: float | None, high: float | None, open_low: bool = False):
         too_low = low is not None and (value <= low if open_low else value < low)
         if too_low or (high is not None and value > high):
             bound = f"> {low:g}" if open_low else f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            # (a range left open on both sides, like --eta's, is checked by SamplerSettings)
             raise argparse.ArgumentTypeError(f"expected {bound}, got {text}")
         return value
 
